@@ -1,0 +1,80 @@
+"""The `tpuctl` entry point: global options, then one module per command group.
+
+Nothing heavy is imported here: fabric, paramiko, google-cloud and jax load only inside commands,
+so `tpuctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from tpuctl import __version__
+from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, trust, verify
+from tpuctl.config import Overrides
+from tpuctl.console import BadInput, TpuctlError, abort, console
+
+
+class _Group(TyperGroup):
+    """Turns every TpuctlError into one clear line on stderr and its exit code (2 for bad input)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TpuctlError as exc:
+            abort(str(exc), exc.exit_code)
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Run the TPU VM training SOP from your laptop, on one worker or a whole pod.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"tpuctl {__version__}")
+        raise typer.Exit()
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set branch=dev")
+        values[key.strip()] = value
+    return values
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[Optional[str], typer.Option("--config", help="Project file (default: tpuctl.toml here or above).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target name in tpuctl.toml.")] = None,
+    project: Annotated[Optional[str], typer.Option(help="Google Cloud project.")] = None,
+    zone: Annotated[Optional[str], typer.Option(help="Zone, e.g. us-central2-b.")] = None,
+    branch: Annotated[Optional[str], typer.Option(help="Git branch to sync.")] = None,
+    hosts: Annotated[Optional[str], typer.Option(help="Explicit workers: host[:port],host[:port],...")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any target setting: KEY=VALUE (repeatable).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Global options apply to every command; see `tpuctl config` for the effective values."""
+    try:
+        values = _settings(set_ or [])
+    except BadInput as exc:
+        abort(str(exc))
+    named = {"project": project, "zone": zone, "branch": branch, "hosts": hosts}
+    values.update({key: value for key, value in named.items() if value is not None})
+    ctx.obj = Overrides(config_path=config, target=target, values=values)
+
+
+for module in (config_cmd, trust, sync, secrets, verify, runs, tail, smoke):
+    module.register(app)
+
+
+def main() -> None:
+    app()

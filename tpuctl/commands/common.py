@@ -1,0 +1,60 @@
+"""What every command shares: its options, the target it acts on, and per-worker reporting.
+
+Kept light on purpose: fabric and paramiko are imported only once a command runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Sequence
+
+import typer
+
+from tpuctl.config import Overrides, Target, load_target
+from rich.markup import escape
+
+from tpuctl.console import EXIT_FAILED, console, err_console
+from tpuctl.remote.shell import preview
+from tpuctl.workers import Worker, select_workers
+
+if TYPE_CHECKING:
+    from tpuctl.transport import Outcome, Session
+
+WorkerOpt = Annotated[str, typer.Option("--worker", "-w", help="Workers: 0 | all | 0,2 | 1-3.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the exact remote commands per worker; change nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NameOpt = Annotated[str, typer.Option("--name", help="Run name: logs/<name>_<UTC stamp>.{log,exit,pid}.")]
+DEFAULT_RUN = "train"
+
+
+def target_of(ctx: typer.Context) -> Target:
+    overrides = ctx.find_root().obj
+    return load_target(overrides if isinstance(overrides, Overrides) else Overrides())
+
+
+def workers_of(ctx: typer.Context, spec: str) -> tuple[Target, list[Worker]]:
+    target = target_of(ctx)
+    return target, select_workers(target, spec)
+
+
+def open_session(target: Target) -> Session:
+    from tpuctl.transport import Session
+
+    return Session(target)
+
+
+def report_errors(outcomes: Sequence[Outcome]) -> bool:
+    """Print each failed worker's error; True when every worker succeeded."""
+    for outcome in outcomes:
+        if not outcome.ok:
+            err_console.print(f"[red]{outcome.worker.label} failed:[/] {escape(outcome.error or '')}")
+    return all(outcome.ok for outcome in outcomes)
+
+
+def fail_unless(ok: bool) -> None:
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_dry_run(target: Target, scripts: Sequence[tuple[Worker, str]]) -> None:
+    for worker, text in scripts:
+        console.out(preview(worker.index, target.user, worker.host, worker.port, text), highlight=False)

@@ -1,0 +1,242 @@
+"""Targets: the TPU VM (or plain SSH hosts) a command acts on.
+
+A target's fields come from four layers, lowest to highest precedence:
+
+    built-in defaults  <  tpuctl.toml [targets.NAME]  <  TPUCTL_<FIELD> environment  <  flags
+
+`tpuctl config` prints the effective value of every field and the layer it came from.
+Secrets never live here: they come only from the `.env` file that `tpuctl secrets push` copies.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from tpuctl.console import BadInput
+
+PROJECT_FILE = "tpuctl.toml"
+
+# The versions this project pins (sglang-jax 0.1.0rc0 pins jax/jaxlib 0.10.2); verify-env compares
+# the VM against them unless the target says otherwise.
+DEFAULT_EXPECT_VERSIONS = {"python": "3.12", "jax": "0.10.2", "jaxlib": "0.10.2", "sglang-jax": "0.1.0rc0"}
+DEFAULT_SMOKE_COMMAND = "trainer --preset smoke --set rollout.backend=sglang_jax"
+
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]*))(?::(?P<port>\d+))?")
+_ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
+_PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_NODE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\]|@\{)|(/$)|(\.lock$)|(//)|(\.$)")
+BACKENDS = ("tpu", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_host(spec: str) -> HostPort:
+    """`host`, `host:port` or `[v6addr]:port`; port defaults to 22."""
+    match = _HOST.fullmatch(spec.strip())
+    port = int(match["port"]) if match and match["port"] else 22
+    if not match or not 1 <= port <= 65535:
+        raise BadInput(f"bad host {spec!r}: expected host[:port] with a port from 1 to 65535")
+    return HostPort(match["v6"] or match["name"], port)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One TPU VM (all its workers) or a list of SSH hosts, and how to reach and use it."""
+
+    alias: str = "default"
+    name: str = ""
+    project: str = ""
+    zone: str = ""
+    user: str = "root"
+    identity_file: str = ""
+    hosts: tuple[str, ...] = ()
+    host_keys: tuple[str, ...] = ()
+    repo_url: str = ""
+    repo_path: str = ""
+    branch: str = "main"
+    env_file: str = "~/.env"
+    conda_env: str = ""
+    venv: str = ""
+    coordinator_port: int = 8476
+    expect_backend: str = "tpu"
+    expect_versions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_EXPECT_VERSIONS))
+    smoke_command: str = DEFAULT_SMOKE_COMMAND
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _check(not self.name or _NODE_NAME.fullmatch(self.name), "name", self.name,
+               "a TPU name: lowercase letters, digits and '-', starting with a letter, at most 63 characters")
+        _check(not self.project or _PROJECT.fullmatch(self.project), "project", self.project,
+               "a Google Cloud project ID such as 'my-project-123'")
+        _check(not self.zone or _ZONE.fullmatch(self.zone), "zone", self.zone, "a zone such as 'us-central2-b'")
+        _check(_USER.fullmatch(self.user), "user", self.user, "a POSIX user name such as 'root'")
+        for spec in self.hosts:
+            parse_host(spec)
+        for key in self.host_keys:
+            _check(not key or _FINGERPRINT.fullmatch(key), "host_keys", key,
+                   "OpenSSH fingerprints of the form SHA256:<43 base64 characters>, one per worker")
+        _check(not self.hosts or len(self.host_keys) <= len(self.hosts), "host_keys", f"{len(self.host_keys)} keys",
+               f"at most one per host ({len(self.hosts)} hosts)")
+        _check(not _BRANCH_FORBIDDEN.search(self.branch) and self.branch, "branch", self.branch, "a git branch name")
+        for name in ("repo_path", "env_file"):
+            value = getattr(self, name)
+            _check(not value or value.startswith(("/", "~/")), name, value, "an absolute path or one starting with ~/")
+        _check(not (self.conda_env and self.venv), "venv", self.venv, "either conda_env or venv, not both")
+        _check(1 <= self.coordinator_port <= 65535, "coordinator_port", self.coordinator_port, "a port from 1 to 65535")
+        _check(self.expect_backend in BACKENDS, "expect_backend", self.expect_backend, f"one of {', '.join(BACKENDS)}")
+
+    @property
+    def remote_repo(self) -> str:
+        """Where the repository lives on each worker: repo_path, or ~/<repository name>."""
+        if self.repo_path:
+            return self.repo_path
+        stem = self.repo_url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
+        if not stem:
+            raise BadInput("repo_path is not set and cannot be derived: set repo_url or repo_path for the target")
+        return f"~/{stem}"
+
+    def host_ports(self) -> list[HostPort]:
+        return [parse_host(spec) for spec in self.hosts]
+
+
+def _check(ok: Any, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise BadInput(f"{key}: expected {expected}, received {value!r}")
+
+
+FIELD_KINDS: dict[str, type] = {
+    f.name: (tuple if f.type.startswith("tuple") else dict if f.type.startswith("Mapping") else
+             int if f.type == "int" else str)
+    for f in fields(Target) if f.name not in ("alias", "sources")
+}
+
+
+def env_name(key: str) -> str:
+    return "TPUCTL_" + key.upper()
+
+
+def coerce(key: str, raw: Any, origin: str) -> Any:
+    """Turn a file, environment or flag value into the field's type, or say what was expected."""
+    kind = FIELD_KINDS.get(key)
+    if kind is None:
+        raise BadInput(f"unknown setting {key!r} in {origin}; expected one of: {', '.join(sorted(FIELD_KINDS))}")
+    if isinstance(raw, str) and kind is tuple:
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, str) and kind is dict:
+        raw = _parse_pairs(key, raw, origin)
+    elif isinstance(raw, str) and kind is int:
+        raw = int(raw) if raw.strip().isdigit() else raw
+    if kind is tuple and isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return tuple(raw)
+    if kind is dict and isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
+        return dict(raw)
+    if kind in (int, str) and type(raw) is kind:
+        return raw
+    expected = {tuple: "a list of strings", dict: "a table of strings", int: "an integer", str: "a string"}[kind]
+    raise BadInput(f"{key} in {origin}: expected {expected}, received {raw!r}")
+
+
+def _parse_pairs(key: str, raw: str, origin: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BadInput(f"{key} in {origin}: expected name=value pairs separated by commas, received {raw!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def find_project_file(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        candidate = folder / PROJECT_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_project_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+    unknown = set(data) - {"default_target", "targets"}
+    if unknown:
+        raise BadInput(f"{path}: unknown top-level key {sorted(unknown)[0]!r}; expected 'default_target' or [targets.NAME]")
+    targets = data.get("targets", {})
+    if not isinstance(targets, dict) or not all(isinstance(t, dict) for t in targets.values()):
+        raise BadInput(f"{path}: expected [targets.NAME] tables, received {targets!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line asked for: a config file, a target, and field values."""
+
+    config_path: str | None = None
+    target: str | None = None
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_target(overrides: Overrides, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Target:
+    environ = os.environ if environ is None else environ
+    path = project_path(overrides, environ, cwd)
+    data = read_project_file(path) if path else {}
+    alias = _select_alias(overrides, environ, data, path)
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if path and alias in data.get("targets", {}):
+        layers.append((f"{path.name} [targets.{alias}]", data["targets"][alias]))
+    env_values = {key: environ[env_name(key)] for key in FIELD_KINDS if env_name(key) in environ}
+    layers.append(("environment", env_values))
+    layers.append(("flag", overrides.values))
+    values: dict[str, Any] = {}
+    sources = {key: "default" for key in FIELD_KINDS}
+    for origin, layer in layers:
+        for key, raw in layer.items():
+            label = f"{env_name(key)} (environment)" if origin == "environment" else origin
+            values[key] = coerce(key, raw, label)
+            sources[key] = label
+    return Target(alias=alias, sources=sources, **values)
+
+
+def project_path(overrides: Overrides, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """The project file in use: --config, else TPUCTL_CONFIG, else tpuctl.toml here or in a parent folder."""
+    environ = os.environ if environ is None else environ
+    explicit = overrides.config_path or environ.get("TPUCTL_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise BadInput(f"config file {explicit!r} does not exist")
+        return path
+    return find_project_file(cwd or Path.cwd())
+
+
+def _select_alias(overrides: Overrides, environ: Mapping[str, str], data: Mapping[str, Any], path: Path | None) -> str:
+    targets = data.get("targets", {})
+    alias = overrides.target or environ.get("TPUCTL_TARGET") or data.get("default_target")
+    if alias is None:
+        if len(targets) > 1:
+            raise BadInput(f"{path} defines several targets ({', '.join(targets)}); choose one with --target "
+                           "or set default_target")
+        return next(iter(targets), "default")
+    if targets and alias not in targets:
+        raise BadInput(f"unknown target {alias!r}: {path} defines {', '.join(targets)}")
+    if not targets and alias != "default":
+        where = str(path) if path else f"no {PROJECT_FILE} was found"
+        raise BadInput(f"unknown target {alias!r}: {where} defines no targets")
+    return alias

@@ -1,0 +1,58 @@
+"""The SOP's expected result of a smoke run, checked on one worker's log and exit code."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STEP_LINE = re.compile(r"(?:^|\s)(step=\d+ loss=\S+ entropy=\S+ reward_mean=\S+ dt=[0-9.]+s)")
+_FLAT_BACKEND = re.compile(r"rollout\.backend\s*[:=]\s*['\"]?([\w.-]+)")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def rollout_backend(log: str) -> str | None:
+    """The rollout backend of the effective config printed in the log (nested YAML or `rollout.backend:`)."""
+    flat = _FLAT_BACKEND.search(log)
+    if flat:
+        return flat[1]
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if re.fullmatch(r"(\s*)rollout:\s*", line):
+            indent = len(line) - len(line.lstrip())
+            for inner in lines[i + 1:]:
+                if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
+                    break
+                match = re.fullmatch(r"\s*backend:\s*['\"]?([\w.-]+)['\"]?\s*", inner)
+                if match:
+                    return match[1]
+    return None
+
+
+def traceback_summary(log: str) -> str | None:
+    """The exception line closing the last traceback in the log, e.g. `ValueError: bad batch`."""
+    start = log.rfind("Traceback (most recent call last):")
+    if start < 0:
+        return None
+    for line in log[start:].splitlines()[1:]:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    return "Traceback (no exception line)"
+
+
+def check_smoke(log: str, exit_code: int | None, backend: str) -> list[Check]:
+    seen_backend = rollout_backend(log)
+    steps = STEP_LINE.findall(log)
+    error = traceback_summary(log)
+    return [
+        Check("config shows rollout.backend", seen_backend == backend,
+              f"rollout.backend: {seen_backend}" if seen_backend else "no effective config with rollout.backend"),
+        Check("step line", bool(steps), steps[-1] if steps else "no `step=... dt=...s` line"),
+        Check("no traceback", error is None, error or "none"),
+        Check("exit code 0", exit_code == 0, "still running" if exit_code is None else f"exit {exit_code}"),
+    ]

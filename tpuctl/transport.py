@@ -1,0 +1,248 @@
+"""SSH to workers through fabric: pinned host keys, retries on connect errors, parallel fan-out.
+
+Host keys are verified against pinned OpenSSH SHA256 fingerprints and nothing else: no
+known_hosts file is read and no key is ever added on first sight. An unknown or changed key
+fails closed with the fingerprint that was seen and how to pin it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import select
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+
+from tpuctl.config import Target
+from tpuctl.console import TpuctlError
+from tpuctl.workers import Worker
+
+T = TypeVar("T")
+CONNECT_ATTEMPTS = 4
+CONNECT_TIMEOUT_S = 10.0
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's `SHA256:...` fingerprint of a host key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class HostKeyError(TpuctlError):
+    """The worker presented a host key that is not pinned: refuse to talk to it."""
+
+
+class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the pinned fingerprints; every other key is refused."""
+
+    def __init__(self, worker: Worker, target_alias: str):
+        self.worker = worker
+        self.target_alias = target_alias
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        seen = fingerprint(key)
+        where = f"worker {self.worker.index} ({self.worker.address})"
+        pin_hint = f"`tpuctl --target {self.target_alias} trust --worker {self.worker.index}`"
+        if not self.worker.fingerprints:
+            raise HostKeyError(
+                f"{where} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
+                f"Check the fingerprint out of band, then pin it with {pin_hint} or add it to host_keys"
+            )
+        if seen not in self.worker.fingerprints:
+            raise HostKeyError(
+                f"{where} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
+                f"the key CHANGED. If the VM was recreated, re-pin with {pin_hint}; otherwise do not connect"
+            )
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class ConnectError(TpuctlError):
+    pass
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Connection-level failures are retried; authentication and host-key refusals never are."""
+    if isinstance(exc, (paramiko.AuthenticationException, HostKeyError, paramiko.BadHostKeyException)):
+        return False
+    if isinstance(exc, paramiko.SSHException):
+        return "banner" in str(exc).lower() or "reset" in str(exc).lower()
+    return isinstance(exc, (OSError, EOFError))
+
+
+@dataclass
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    code: int
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode(errors="replace")
+
+    @property
+    def failure(self) -> str:
+        """The last line the script wrote to stderr, or its exit status."""
+        lines = [line.strip() for line in self.err.splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self.code}"
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """One worker's result, or the error that stopped it; never both."""
+
+    worker: Worker
+    value: T | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Session:
+    """Lazily opened, reused SSH connections to the workers of one target."""
+
+    def __init__(self, target: Target, proxy_command: str | None = None):
+        self.target = target
+        self.proxy_command = proxy_command
+        self._connections: dict[int, Connection] = {}
+        self._lock = threading.Lock()
+
+    def connection(self, worker: Worker) -> Connection:
+        with self._lock:
+            conn = self._connections.get(worker.index)
+        if conn is None or not conn.is_connected:
+            conn = self._open(worker)
+            with self._lock:
+                self._connections[worker.index] = conn
+        return conn
+
+    def _open(self, worker: Worker) -> Connection:
+        last: BaseException | None = None
+        for attempt in range(CONNECT_ATTEMPTS):
+            conn = self._new_connection(worker)
+            try:
+                conn.open()
+                return conn
+            except BaseException as exc:  # noqa: BLE001 - classified right below
+                conn.close()
+                if not _retryable(exc):
+                    raise _user_error(worker, exc) from None
+                last = exc
+                time.sleep(0.25 * 2**attempt)
+        raise ConnectError(f"cannot connect to worker {worker.index} ({worker.address}) after "
+                           f"{CONNECT_ATTEMPTS} attempts: {_describe(last)}")
+
+    def _new_connection(self, worker: Worker) -> Connection:
+        identity = self.target.identity_file
+        connect_kwargs: dict = {"banner_timeout": CONNECT_TIMEOUT_S, "auth_timeout": CONNECT_TIMEOUT_S}
+        if identity:
+            connect_kwargs.update(key_filename=[str(Path(identity).expanduser())], look_for_keys=False,
+                                  allow_agent=False)
+        gateway = self.proxy_command.format(host=worker.host, port=worker.port) if self.proxy_command else None
+        conn = Connection(
+            worker.host, user=self.target.user, port=worker.port, connect_timeout=int(CONNECT_TIMEOUT_S),
+            connect_kwargs=connect_kwargs, gateway=gateway, config=Config(ssh_config=paramiko.SSHConfig()),
+        )
+        conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
+        return conn
+
+    def exec(self, worker: Worker, script: str, timeout: float | None = 300.0) -> ExecResult:
+        """Run a bash script on the worker, fed on stdin so it never shows in the remote process list."""
+        transport = self.connection(worker).client.get_transport()
+        channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+        try:
+            channel.exec_command("bash -s")
+            channel.sendall(script.encode())
+            channel.shutdown_write()
+            stdout, stderr = _drain(channel, timeout)
+            return ExecResult(stdout, stderr, channel.recv_exit_status())
+        except socket.timeout:
+            raise TpuctlError(f"worker {worker.index} ({worker.address}): no answer within {timeout:.0f} s") from None
+        finally:
+            channel.close()
+
+    def sftp(self, worker: Worker) -> paramiko.SFTPClient:
+        return self.connection(worker).sftp()
+
+    def drop(self, worker: Worker) -> None:
+        """Forget a worker's connection (after it broke) so the next use reconnects."""
+        with self._lock:
+            conn = self._connections.pop(worker.index, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._connections = list(self._connections.values()), {}
+        for conn in conns:
+            conn.close()
+
+    def each(self, workers: Sequence[Worker], work: Callable[[Worker], T]) -> list[Outcome[T]]:
+        """Run `work` on every worker in parallel; each worker's error is kept, none hides another."""
+        def guarded(worker: Worker) -> Outcome[T]:
+            try:
+                return Outcome(worker, value=work(worker))
+            except TpuctlError as exc:
+                return Outcome(worker, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - reported per worker, never swallowed
+                self.drop(worker)
+                return Outcome(worker, error=f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+
+        if len(workers) == 1:
+            return [guarded(workers[0])]
+        with ThreadPoolExecutor(max_workers=min(len(workers), 32)) as pool:
+            return list(pool.map(guarded, workers))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]:
+    """Read stdout and stderr until the command ends; both at once, so neither can block the other."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stdout, stderr = bytearray(), bytearray()
+    while True:
+        if channel.recv_ready():
+            stdout += channel.recv(65536)
+        elif channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+        elif channel.closed or (channel.eof_received and channel.exit_status_ready()):
+            return bytes(stdout), bytes(stderr)
+        elif deadline is not None and time.monotonic() > deadline:
+            raise socket.timeout()
+        else:
+            select.select([channel], [], [], 0.5)
+
+
+def _user_error(worker: Worker, exc: BaseException) -> TpuctlError:
+    if isinstance(exc, TpuctlError):
+        return exc
+    if isinstance(exc, paramiko.AuthenticationException):
+        return TpuctlError(f"worker {worker.index} ({worker.address}): authentication failed; check user and "
+                           f"identity_file (the public key must be in the VM's authorized keys or metadata)")
+    return TpuctlError(f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+

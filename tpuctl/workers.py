@@ -1,0 +1,76 @@
+"""Workers of a target and the `--worker` selection syntax: 0 | all | 0,2 | 1-3."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tpuctl.config import Target
+from tpuctl.console import BadInput
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One host of a target. `fingerprints` are the pinned host keys (any one may match)."""
+
+    index: int
+    host: str
+    port: int
+    fingerprints: tuple[str, ...] = ()
+    # The address other workers reach this one at (a pod's internal IP); defaults to `host`.
+    peer_address: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"w{self.index}"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_worker_spec(spec: str, count: int) -> list[int]:
+    """Worker indices selected by `spec`, sorted, each checked against the target's `count` workers."""
+    text = spec.strip()
+    if text == "all":
+        return list(range(count))
+    selected: set[int] = set()
+    for part in text.split(","):
+        match = _RANGE.fullmatch(part.strip())
+        if not match:
+            raise BadInput(f"bad worker selection {spec!r}: expected 'all', an index, a list like 0,2 or a range like 1-3")
+        first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        if last < first:
+            raise BadInput(f"bad worker range {part.strip()!r}: the end is below the start")
+        selected.update(range(first, last + 1))
+    outside = sorted(i for i in selected if i >= count)
+    if outside:
+        raise BadInput(f"worker {outside[0]} is out of range: the target has {count} worker(s), 0-{count - 1}")
+    return sorted(selected)
+
+
+def explicit_workers(target: Target) -> list[Worker]:
+    """Workers from the target's explicit `hosts`, with `host_keys` pinned by position."""
+    keys = list(target.host_keys) + [""] * (len(target.hosts) - len(target.host_keys))
+    return [
+        Worker(index=i, host=hp.host, port=hp.port, fingerprints=(keys[i],) if keys[i] else ())
+        for i, hp in enumerate(target.host_ports())
+    ]
+
+
+def resolve_workers(target: Target) -> list[Worker]:
+    """All workers of the target, in worker-index order."""
+    if target.hosts:
+        return explicit_workers(target)
+    raise BadInput(
+        f"target {target.alias!r} has no hosts: set hosts = [\"host[:port]\", ...] in tpuctl.toml "
+        f"or TPUCTL_HOSTS"
+    )
+
+
+def select_workers(target: Target, spec: str) -> list[Worker]:
+    workers = resolve_workers(target)
+    return [workers[i] for i in parse_worker_spec(spec, len(workers))]
