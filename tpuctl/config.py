@@ -25,6 +25,11 @@ PROJECT_FILE = "tpuctl.toml"
 # the VM against them unless the target says otherwise.
 DEFAULT_EXPECT_VERSIONS = {"python": "3.12", "jax": "0.10.2", "jaxlib": "0.10.2", "sglang-jax": "0.1.0rc0"}
 DEFAULT_SMOKE_COMMAND = "trainer --preset smoke --set rollout.backend=sglang_jax"
+# What `gcloud compute tpus tpu-vm ssh --tunnel-through-iap` runs as ssh's ProxyCommand; {instance} is the
+# worker's instance name, which the TPU API publishes in the guest attribute `hostname`.
+IAP_PROXY_COMMAND = ("gcloud compute start-iap-tunnel {instance} {port} --listen-on-stdin "
+                     "--project {project} --zone {zone} --verbosity warning")
+PROXY_PLACEHOLDERS = ("host", "port", "instance", "worker", "name", "project", "zone")
 
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]*))(?::(?P<port>\d+))?")
@@ -34,6 +39,7 @@ _NODE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\]|@\{)|(/$)|(\.lock$)|(//)|(\.$)")
 BACKENDS = ("tpu", "cpu", "gpu")
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,10 @@ class HostPort:
         return f"{host}:{self.port}"
 
 
-def parse_host(spec: str) -> HostPort:
-    """`host`, `host:port` or `[v6addr]:port`; port defaults to 22."""
+def parse_host(spec: str, default_port: int = 22) -> HostPort:
+    """`host`, `host:port` or `[v6addr]:port`; the port defaults to `default_port`."""
     match = _HOST.fullmatch(spec.strip())
-    port = int(match["port"]) if match and match["port"] else 22
+    port = int(match["port"]) if match and match["port"] else default_port
     if not match or not 1 <= port <= 65535:
         raise BadInput(f"bad host {spec!r}: expected host[:port] with a port from 1 to 65535")
     return HostPort(match["v6"] or match["name"], port)
@@ -67,6 +73,15 @@ class Target:
     identity_file: str = ""
     hosts: tuple[str, ...] = ()
     host_keys: tuple[str, ...] = ()
+    # SSH port of every worker without an explicit port (TPU VMs: 22; network_endpoints[].port is not SSH).
+    ssh_port: int = 22
+    internal_ip: bool = False
+    tunnel_through_iap: bool = False
+    proxy_command: str = ""
+    tpu_api_endpoint: str = ""
+    accelerator_type: str = ""
+    runtime_version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
     repo_url: str = ""
     repo_path: str = ""
     branch: str = "main"
@@ -100,6 +115,11 @@ class Target:
         _check(not (self.conda_env and self.venv), "venv", self.venv, "either conda_env or venv, not both")
         _check(1 <= self.coordinator_port <= 65535, "coordinator_port", self.coordinator_port, "a port from 1 to 65535")
         _check(self.expect_backend in BACKENDS, "expect_backend", self.expect_backend, f"one of {', '.join(BACKENDS)}")
+        _check(1 <= self.ssh_port <= 65535, "ssh_port", self.ssh_port, "a port from 1 to 65535")
+        _check(_valid_template(self.proxy_command), "proxy_command", self.proxy_command,
+               "a command using only the placeholders " + " ".join("{%s}" % p for p in PROXY_PLACEHOLDERS))
+        _check(not self.tpu_api_endpoint or self.tpu_api_endpoint.startswith(("http://", "https://")),
+               "tpu_api_endpoint", self.tpu_api_endpoint, "a URL such as https://tpu.googleapis.com")
 
     @property
     def remote_repo(self) -> str:
@@ -112,7 +132,12 @@ class Target:
         return f"~/{stem}"
 
     def host_ports(self) -> list[HostPort]:
-        return [parse_host(spec) for spec in self.hosts]
+        return [parse_host(spec, self.ssh_port) for spec in self.hosts]
+
+    @property
+    def proxy_template(self) -> str:
+        """The ProxyCommand every SSH connection goes through: proxy_command, else IAP's when asked for."""
+        return self.proxy_command or (IAP_PROXY_COMMAND if self.tunnel_through_iap else "")
 
 
 def _check(ok: Any, key: str, value: Any, expected: str) -> None:
@@ -120,9 +145,17 @@ def _check(ok: Any, key: str, value: Any, expected: str) -> None:
         raise BadInput(f"{key}: expected {expected}, received {value!r}")
 
 
+def _valid_template(template: str) -> bool:
+    try:
+        template.format(**{name: "x" for name in PROXY_PLACEHOLDERS})
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
 FIELD_KINDS: dict[str, type] = {
     f.name: (tuple if f.type.startswith("tuple") else dict if f.type.startswith("Mapping") else
-             int if f.type == "int" else str)
+             int if f.type == "int" else bool if f.type == "bool" else str)
     for f in fields(Target) if f.name not in ("alias", "sources")
 }
 
@@ -142,13 +175,16 @@ def coerce(key: str, raw: Any, origin: str) -> Any:
         raw = _parse_pairs(key, raw, origin)
     elif isinstance(raw, str) and kind is int:
         raw = int(raw) if raw.strip().isdigit() else raw
+    elif isinstance(raw, str) and kind is bool:
+        raw = _BOOLEANS.get(raw.strip().lower(), raw)
     if kind is tuple and isinstance(raw, list) and all(isinstance(item, str) for item in raw):
         return tuple(raw)
     if kind is dict and isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
         return dict(raw)
-    if kind in (int, str) and type(raw) is kind:
+    if kind in (int, str, bool) and type(raw) is kind:
         return raw
-    expected = {tuple: "a list of strings", dict: "a table of strings", int: "an integer", str: "a string"}[kind]
+    expected = {tuple: "a list of strings", dict: "a table of strings", int: "an integer", str: "a string",
+                bool: "true or false"}[kind]
     raise BadInput(f"{key} in {origin}: expected {expected}, received {raw!r}")
 
 

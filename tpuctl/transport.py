@@ -111,8 +111,20 @@ class Outcome(Generic[T]):
         return self.error is None
 
 
+def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:
+    """The ProxyCommand that reaches `worker` (None: connect directly), its placeholders filled in."""
+    template = target.proxy_template if template is None else template
+    if not template:
+        return None
+    return template.format(host=worker.host, port=worker.port, instance=worker.instance or worker.host,
+                           worker=worker.index, name=target.name, project=target.project, zone=target.zone)
+
+
 class Session:
-    """Lazily opened, reused SSH connections to the workers of one target."""
+    """Lazily opened, reused SSH connections to the workers of one target.
+
+    `proxy_command` overrides the target's proxy template (proxy_command / tunnel_through_iap).
+    """
 
     def __init__(self, target: Target, proxy_command: str | None = None):
         self.target = target
@@ -151,7 +163,7 @@ class Session:
         if identity:
             connect_kwargs.update(key_filename=[str(Path(identity).expanduser())], look_for_keys=False,
                                   allow_agent=False)
-        gateway = self.proxy_command.format(host=worker.host, port=worker.port) if self.proxy_command else None
+        gateway = proxy_for(self.target, worker, self.proxy_command)
         conn = Connection(
             worker.host, user=self.target.user, port=worker.port, connect_timeout=int(CONNECT_TIMEOUT_S),
             connect_kwargs=connect_kwargs, gateway=gateway, config=Config(ssh_config=paramiko.SSHConfig()),

@@ -21,6 +21,8 @@ class Worker:
     fingerprints: tuple[str, ...] = ()
     # The address other workers reach this one at (a pod's internal IP); defaults to `host`.
     peer_address: str = ""
+    # The VM's instance name (TPU workers publish it); IAP tunnels connect to instances by name.
+    instance: str = ""
 
     @property
     def label(self) -> str:
@@ -61,16 +63,24 @@ def explicit_workers(target: Target) -> list[Worker]:
     ]
 
 
-def resolve_workers(target: Target) -> list[Worker]:
-    """All workers of the target, in worker-index order."""
+def resolve_workers(target: Target, require_ready: bool = True) -> list[Worker]:
+    """All workers of the target, in worker-index order: its explicit hosts, else its TPU VM's workers.
+
+    A TPU VM's workers come from the TPU API (see tpuctl.gcp.discovery); `require_ready=False` also
+    accepts a node that cannot be used now (e.g. PREEMPTED), for commands that only report on it.
+    """
     if target.hosts:
         return explicit_workers(target)
+    if target.name:
+        from tpuctl.gcp.discovery import discover_workers
+
+        return discover_workers(target, require_ready)
     raise BadInput(
         f"target {target.alias!r} has no hosts: set hosts = [\"host[:port]\", ...] in tpuctl.toml "
-        f"or TPUCTL_HOSTS"
+        f"or TPUCTL_HOSTS, or name a TPU VM (name, project, zone) to find its workers through the TPU API"
     )
 
 
-def select_workers(target: Target, spec: str) -> list[Worker]:
-    workers = resolve_workers(target)
+def select_workers(target: Target, spec: str, require_ready: bool = True) -> list[Worker]:
+    workers = resolve_workers(target, require_ready)
     return [workers[i] for i in parse_worker_spec(spec, len(workers))]

@@ -31,9 +31,9 @@ def target_of(ctx: typer.Context) -> Target:
     return load_target(overrides if isinstance(overrides, Overrides) else Overrides())
 
 
-def workers_of(ctx: typer.Context, spec: str) -> tuple[Target, list[Worker]]:
+def workers_of(ctx: typer.Context, spec: str, require_ready: bool = True) -> tuple[Target, list[Worker]]:
     target = target_of(ctx)
-    return target, select_workers(target, spec)
+    return target, select_workers(target, spec, require_ready)
 
 
 def open_session(target: Target) -> Session:

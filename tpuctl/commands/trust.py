@@ -12,21 +12,23 @@ from tpuctl.console import BadInput, console
 from tpuctl.workers import Worker, resolve_workers, parse_worker_spec
 
 
-def scan_host_key(worker: Worker, timeout: float = 10.0) -> tuple[str, str]:
-    """The key type and fingerprint a worker presents; no authentication is attempted."""
+def scan_host_key(worker: Worker, proxy_command: str | None = None, timeout: float = 10.0) -> tuple[str, str]:
+    """The key type and fingerprint a worker presents (through the proxy, if any); no authentication."""
     import socket
 
     import paramiko
 
     from tpuctl.transport import fingerprint
 
-    with socket.create_connection((worker.host, worker.port), timeout=timeout) as sock:
-        transport = paramiko.Transport(sock)
-        try:
-            transport.start_client(timeout=timeout)
-            key = transport.get_remote_server_key()
-        finally:
-            transport.close()
+    sock = (paramiko.ProxyCommand(proxy_command) if proxy_command
+            else socket.create_connection((worker.host, worker.port), timeout=timeout))
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    finally:
+        transport.close()
+        sock.close()
     return key.get_name(), fingerprint(key)
 
 
@@ -48,12 +50,12 @@ def trust(ctx: typer.Context, worker: WorkerOpt = "all",
           replace: Annotated[bool, typer.Option("--replace", help="With --write, also replace CHANGED pins.")] = False,
           ) -> None:
     """Print each worker's host-key fingerprint next to the pinned one; `--write` pins what was seen."""
-    from tpuctl.transport import Session
+    from tpuctl.transport import Session, proxy_for
 
     target = target_of(ctx)
     workers = resolve_workers(target)
     selected = [workers[i] for i in parse_worker_spec(worker, len(workers))]
-    outcomes = Session(target).each(selected, scan_host_key)
+    outcomes = Session(target).each(selected, lambda w: scan_host_key(w, proxy_for(target, w)))
     changed = []
     for o in outcomes:
         if not o.ok:
