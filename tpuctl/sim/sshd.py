@@ -47,6 +47,20 @@ def free_port(address: str) -> int:
         return sock.getsockname()[1]
 
 
+def free_port_on(addresses: list[str], tries: int = 50) -> int:
+    """One port free on every address: a simulated pod's sshds share it, as TPU workers all use port 22."""
+    for _ in range(tries):
+        port = free_port(addresses[0])
+        try:
+            for address in addresses[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {', '.join(addresses)} after {tries} tries")
+
+
 @dataclass
 class SshdWorker:
     """One sshd on `address`:`port` whose sessions see `home` as $HOME."""
