@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from tpuctl import __version__
-from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, trust, verify
+from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, tpu, trust, verify
 from tpuctl.config import Overrides
 from tpuctl.console import BadInput, TpuctlError, abort, console
 
@@ -57,6 +57,9 @@ def root(
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target name in tpuctl.toml.")] = None,
     project: Annotated[Optional[str], typer.Option(help="Google Cloud project.")] = None,
     zone: Annotated[Optional[str], typer.Option(help="Zone, e.g. us-central2-b.")] = None,
+    tpu: Annotated[Optional[str], typer.Option("--tpu", help="TPU VM name (its workers are found through the TPU API).")] = None,
+    internal_ip: Annotated[bool, typer.Option("--internal-ip", help="Reach TPU workers at their internal IPs.")] = False,
+    iap: Annotated[bool, typer.Option("--tunnel-through-iap", help="Reach TPU workers through an IAP tunnel.")] = False,
     branch: Annotated[Optional[str], typer.Option(help="Git branch to sync.")] = None,
     hosts: Annotated[Optional[str], typer.Option(help="Explicit workers: host[:port],host[:port],...")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any target setting: KEY=VALUE (repeatable).")] = None,
@@ -67,12 +70,13 @@ def root(
         values = _settings(set_ or [])
     except BadInput as exc:
         abort(str(exc))
-    named = {"project": project, "zone": zone, "branch": branch, "hosts": hosts}
+    named = {"project": project, "zone": zone, "name": tpu, "branch": branch, "hosts": hosts,
+             "internal_ip": "true" if internal_ip else None, "tunnel_through_iap": "true" if iap else None}
     values.update({key: value for key, value in named.items() if value is not None})
     ctx.obj = Overrides(config_path=config, target=target, values=values)
 
 
-for module in (config_cmd, trust, sync, secrets, verify, runs, tail, smoke):
+for module in (config_cmd, trust, sync, secrets, verify, runs, tail, smoke, tpu):
     module.register(app)
 
 

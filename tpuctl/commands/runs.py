@@ -85,27 +85,41 @@ def read_status(session, target: Target, worker: Worker, name: str) -> RunStatus
 
 
 def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all", as_json: JsonOpt = False) -> None:
-    """Per worker: running / exited N / vanished / none, and the last step line's fields."""
+    """Per worker: running / exited N / vanished / preempted / none, and the last step line's fields."""
     check_run_name(name)
-    target, workers = workers_of(ctx, worker)
+    target, workers = workers_of(ctx, worker, require_ready=False)
     with open_session(target) as session:
         outcomes = session.each(workers, lambda w: read_status(session, target, w, name))
+    preempted = preempted_workers(target, outcomes)
     if as_json:
         console.print_json(json.dumps([{"worker": o.worker.index, "address": o.worker.address,
-                                        **(o.value.as_json() if o.ok else {"state": "unreachable", "error": o.error})}
+                                        **(o.value.as_json() if o.ok else {"state": "unreachable", "error": o.error}),
+                                        **({"state": "preempted"} if o.worker.index in preempted else {})}
                                        for o in outcomes]))
-        fail_unless(all(o.ok for o in outcomes))
+        fail_unless(all(o.ok or o.worker.index in preempted for o in outcomes))
         return
     table = Table("worker", "address", "state", "step", "loss", "entropy", "reward_mean", "dt (s)", "log")
     for o in outcomes:
-        if not o.ok:
-            table.add_row(o.worker.label, o.worker.address, "[red]unreachable[/]", *[""] * 6)
-            continue
-        step = o.value.step
-        table.add_row(o.worker.label, o.worker.address, o.value.label, *(step.get(k, "") for k in
-                      ("step", "loss", "entropy", "reward_mean", "dt")), o.value.log)
+        step = o.value.step if o.ok else {}
+        state = ("[yellow]preempted[/]" if o.worker.index in preempted else
+                 o.value.label if o.ok else "[red]unreachable[/]")
+        table.add_row(o.worker.label, o.worker.address, state, *(step.get(k, "") for k in
+                      ("step", "loss", "entropy", "reward_mean", "dt")), o.value.log if o.ok else "")
     console.print(table)
-    fail_unless(report_errors(outcomes))
+    fail_unless(report_errors([o for o in outcomes if o.worker.index not in preempted]))
+
+
+def preempted_workers(target: Target, outcomes) -> set[int]:
+    """Workers whose run vanished, or who do not answer, on a TPU VM the cloud preempted or terminated.
+
+    Asks the TPU API only when something vanished and the target names a TPU VM.
+    """
+    suspects = {o.worker.index for o in outcomes if not o.ok or o.value.state == "vanished"}
+    if not suspects or not target.name:
+        return set()
+    from tpuctl.gcp.discovery import PREEMPTED_STATES, node_state
+
+    return suspects if node_state(target) in PREEMPTED_STATES else set()
 
 
 def run_stop(session, target: Target, workers: list[Worker], name: str, grace_s: float) -> bool:
