@@ -135,7 +135,7 @@ class LogFollower:
 
 
 def locate(session: Session, worker: Worker, repo: str, name: str) -> tuple[str, str]:
-    found = parse_fields(session.exec(worker, locate_script(repo, name)).out)
+    found = parse_fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
     if "missing" in found:
         raise TpuctlError(f"worker {worker.index}: no run named {name!r} ({found['missing']})")
     return found["log"], found["exit"]

@@ -159,8 +159,12 @@ class Session:
         conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
         return conn
 
-    def exec(self, worker: Worker, script: str, timeout: float | None = 300.0) -> ExecResult:
-        """Run a bash script on the worker, fed on stdin so it never shows in the remote process list."""
+    def exec(self, worker: Worker, script: str, what: str, timeout: float | None = 300.0) -> ExecResult:
+        """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
+
+        A non-zero exit raises TpuctlError naming the worker, `what` was being done and the script's
+        last line on stderr.
+        """
         transport = self.connection(worker).client.get_transport()
         channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
         try:
@@ -168,11 +172,14 @@ class Session:
             channel.sendall(script.encode())
             channel.shutdown_write()
             stdout, stderr = _drain(channel, timeout)
-            return ExecResult(stdout, stderr, channel.recv_exit_status())
+            result = ExecResult(stdout, stderr, channel.recv_exit_status())
         except socket.timeout:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): no answer within {timeout:.0f} s") from None
+            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
         finally:
             channel.close()
+        if result.code != 0:
+            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what} failed: {result.failure}")
+        return result
 
     def sftp(self, worker: Worker) -> paramiko.SFTPClient:
         return self.connection(worker).sftp()

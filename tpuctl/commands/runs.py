@@ -37,7 +37,7 @@ def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str
 
 def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan) -> bool:
     """Refuse (changing nothing) if any worker is not ready, else start the run on every worker."""
-    checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name)).out)
+    checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name), "launch preflight").out)
     if not report_errors(checks):
         return False
     problems = [f"worker {c.worker.index}: {line[8:]}" for c in checks for line in c.value.splitlines()
@@ -58,10 +58,10 @@ def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan)
 
 
 def _start(session, target: Target, worker: Worker, plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
-    result = session.exec(worker, launch_script(target, plan, worker.index, env))
+    result = session.exec(worker, launch_script(target, plan, worker.index, env), "launch")
     found = parse_fields(result.out)
-    if result.code != 0 or not found.get("pid"):
-        raise TpuctlError(f"worker {worker.index}: the run did not start: {result.failure}")
+    if not found.get("pid"):
+        raise TpuctlError(f"worker {worker.index}: the run did not start (no pid file after 5 s): {result.failure}")
     return found
 
 
@@ -81,7 +81,7 @@ def launch(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFAU
 
 
 def read_status(session, target: Target, worker: Worker, name: str) -> RunStatus:
-    return parse_status(session.exec(worker, status_script(target, name)).out)
+    return parse_status(session.exec(worker, status_script(target, name), "status").out)
 
 
 def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all", as_json: JsonOpt = False) -> None:
@@ -110,7 +110,7 @@ def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = 
 
 def run_stop(session, target: Target, workers: list[Worker], name: str, grace_s: float) -> bool:
     outcomes = session.each(workers, lambda w: parse_fields(
-        session.exec(w, stop_script(target, name, grace_s), timeout=grace_s + 60).out))
+        session.exec(w, stop_script(target, name, grace_s), "stop", timeout=grace_s + 60).out))
     words = {"TERM": "stopped (TERM)", "KILL": f"killed (KILL after {grace_s:g} s)", "none": "was not running"}
     for o in outcomes:
         if o.ok:

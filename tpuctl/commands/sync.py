@@ -29,7 +29,7 @@ def sync(ctx: typer.Context, worker: WorkerOpt = "all", dry_run: DryRunOpt = Fal
 
 def run_sync(session, target: Target, workers: list[Worker], stash_label: str) -> bool:
     """Preflight on all workers, then sync all; True when every worker ends on the same commit."""
-    checks = session.each(workers, lambda w: parse_fields(session.exec(w, preflight_script(target)).out))
+    checks = session.each(workers, lambda w: parse_fields(session.exec(w, preflight_script(target), "sync preflight").out))
     if not report_errors(checks):
         return False
     problems = [f"worker {c.worker.index}: {c.value['problem']}" for c in checks if "problem" in c.value]
@@ -50,10 +50,7 @@ def run_sync(session, target: Target, workers: list[Worker], stash_label: str) -
 
 
 def _apply(session, target: Target, worker: Worker, stash_label: str) -> SyncResult:
-    result = session.exec(worker, apply_script(target, stash_label), timeout=600)
-    if result.code != 0:
-        raise TpuctlError(f"worker {worker.index}: sync failed: {result.failure}")
-    return parse_sync(result.out)
+    return parse_sync(session.exec(worker, apply_script(target, stash_label), "sync", timeout=600).out)
 
 
 def _print_synced(worker: Worker, result: SyncResult) -> None:

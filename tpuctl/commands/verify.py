@@ -18,11 +18,11 @@ PROBE_TIMEOUT_S = 300.0
 
 
 def probe(session, target: Target, worker: Worker) -> dict[str, object]:
-    result = session.exec(worker, probe_script(target), timeout=PROBE_TIMEOUT_S)
+    result = session.exec(worker, probe_script(target), "the environment probe", timeout=PROBE_TIMEOUT_S)
     try:
         return parse_probe(result.out)
     except ValueError:
-        raise TpuctlError(f"worker {worker.index}: the probe failed: {result.failure}") from None
+        raise TpuctlError(f"worker {worker.index}: the environment probe printed no result: {result.failure}") from None
 
 
 def run_verify(session, target: Target, workers: list[Worker], expect_backend: str,

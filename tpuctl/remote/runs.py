@@ -54,8 +54,9 @@ def parse_env_assignments(pairs: Sequence[str]) -> dict[str, str]:
 
 def _holders_function(device_patterns: Sequence[str]) -> str:
     tests = " -o ".join(f"-lname {shlex.quote(pattern)}" for pattern in device_patterns)
-    return ("tpu_holders() { find /proc/[0-9]*/fd -maxdepth 1 \\( " + tests + " \\) -printf '%h\\n' 2>/dev/null"
-            " | cut -d/ -f3 | sort -un | tr '\\n' ' ' | sed 's/ $//'; }")
+    # find exits non-zero when a process vanishes mid-scan; that must not abort a `set -e` script.
+    return ("tpu_holders() { { find /proc/[0-9]*/fd -maxdepth 1 \\( " + tests + " \\) -printf '%h\\n' 2>/dev/null"
+            " || true; } | cut -d/ -f3 | sort -un | tr '\\n' ' ' | sed 's/ $//'; }")
 
 
 def _lock_cleanup(lockfile: str) -> list[str]:
@@ -256,7 +257,8 @@ def stop_script(target: Target, name: str, grace_s: float, lockfile: str = LIBTP
         'if alive "$pid"; then',
         '  kill -TERM -- "-$pid" 2>/dev/null || true; echo "signal=TERM"',
         f'  for _ in $(seq {ticks}); do alive "$pid" || break; sleep 0.1; done',
-        '  if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; echo "signal=KILL"; sleep 0.2; fi',
+        '  if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; echo "signal=KILL"',
+        '    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done; fi',
         # A runner killed outright cannot write its exit file: record the kill for it.
         '  if [ ! -e "$latest.exit" ]; then exit_file="$(dirname "$latest")/$(readlink "$latest.exit")"',
         "    printf '137\\n' > \"$exit_file.tmp\" && mv -f \"$exit_file.tmp\" \"$exit_file\"; fi",
