@@ -15,7 +15,7 @@ from typing import Callable
 
 import paramiko
 
-from tpuctl.console import TpuctlError
+from tpuctl.console import TpuctlError, err_console
 from tpuctl.remote.git import LOGS_DIR, parse_fields
 from tpuctl.remote.shell import rpath, script
 from tpuctl.transport import ConnectError, Session
@@ -98,6 +98,9 @@ class LogFollower:
             try:
                 return action()
             except (*_DROPPED, ConnectError) as exc:
+                if self._sftp is not None:
+                    err_console.print(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting",
+                                      highlight=False, markup=False)
                 self._reset()
                 if time.monotonic() > deadline:
                     raise TpuctlError(f"worker {self.worker.index} ({self.worker.address}): lost the connection "

@@ -59,13 +59,19 @@ def _holders_function(device_patterns: Sequence[str]) -> str:
             " || true; } | cut -d/ -f3 | sort -un | tr '\\n' ' ' | sed 's/ $//'; }")
 
 
-def _lock_cleanup(lockfile: str) -> list[str]:
-    """Remove a stale libtpu lock file, but only when no process holds the TPU devices."""
+def _lock_cleanup(lockfile: str, for_log: bool = False) -> list[str]:
+    """Remove a stale libtpu lock file, but only when no process holds the TPU devices.
+
+    Reports `lock=...` fields for tpuctl to parse, or (`for_log`) a line in the run's log when
+    the lock file was there at all.
+    """
     lock = shlex.quote(lockfile)
+    removed, kept = (f"tpuctl: removed stale {lockfile}", f"tpuctl: kept {lockfile}: the TPU is held by pid(s) $held") \
+        if for_log else ("lock=removed", "lock=kept (held by $held)")
     return [
         f"if [ -e {lock} ]; then held=$(tpu_holders)",
-        f"  if [ -z \"$held\" ]; then rm -f {lock}; echo \"lock=removed\"; else echo \"lock=kept (held by $held)\"; fi",
-        "else echo 'lock=absent'; fi",
+        f"  if [ -z \"$held\" ]; then rm -f {lock}; echo \"{removed}\"; else echo \"{kept}\"; fi",
+        "fi" if for_log else "else echo 'lock=absent'; fi",
     ]
 
 
@@ -142,7 +148,7 @@ def runner_script(target: Target, plan: LaunchPlan, worker_env: Mapping[str, str
         # Sourced, never printed: the values reach the command's environment only.
         f"  if [ -f {env_file} ]; then set -a; . {env_file} >/dev/null 2>&1; set +a; fi",
         *(f"  export {key}={shlex.quote(value)}" for key, value in env.items()),
-        *(f"  {line}" for line in _lock_cleanup(lockfile)),
+        *(f"  {line}" for line in _lock_cleanup(lockfile, for_log=True)),
         '} >> "$base.log" 2>&1',
         "(",
         *(f"  {line}" for line in activation_lines(target)),
