@@ -13,10 +13,11 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -173,7 +174,7 @@ class Session:
             channel.shutdown_write()
             stdout, stderr = _drain(channel, timeout)
             result = ExecResult(stdout, stderr, channel.recv_exit_status())
-        except socket.timeout:
+        except TimeoutError:
             raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
         finally:
             channel.close()
@@ -232,7 +233,7 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, byt
         elif channel.closed or (channel.eof_received and channel.exit_status_ready()):
             return bytes(stdout), bytes(stderr)
         elif deadline is not None and time.monotonic() > deadline:
-            raise socket.timeout()
+            raise TimeoutError()
         else:
             select.select([channel], [], [], 0.5)
 

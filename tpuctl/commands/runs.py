@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Annotated, Optional
+from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tpuctl.commands.common import (DEFAULT_RUN, DryRunOpt, JsonOpt, NameOpt, WorkerOpt, fail_unless, open_session,
-                                    print_dry_run, report_errors, workers_of)
+from tpuctl.commands.common import (
+    DEFAULT_RUN,
+    DryRunOpt,
+    JsonOpt,
+    NameOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError, console
 from tpuctl.remote.git import parse_fields
-from tpuctl.remote.runs import (LaunchPlan, RunStatus, check_run_name, launch_preflight_script, launch_script,
-                                parse_env_assignments, parse_status, status_script, stop_script)
+from tpuctl.remote.runs import (
+    LaunchPlan,
+    RunStatus,
+    check_run_name,
+    launch_preflight_script,
+    launch_script,
+    parse_env_assignments,
+    parse_status,
+    status_script,
+    stop_script,
+)
 from tpuctl.workers import Worker
 
-CommandArg = Annotated[Optional[list[str]], typer.Argument(help="The command to run, after `--`.")]
-EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the run (not secrets: use .env).")]
+CommandArg = Annotated[list[str] | None, typer.Argument(help="The command to run, after `--`.")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the run (not secrets: use .env).")]
 
 
 def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str, str]]:

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, report_errors, workers_of
+from tpuctl.commands.common import (
+    DryRunOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError, console
 from tpuctl.envfile import EnvFile, load_env_file

@@ -7,9 +7,10 @@ the sequence; the summary shows every step, including those not run.
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -49,7 +50,7 @@ def _steps(target: Target, workers: list[Worker], env_file: Path, backend: str, 
            command: list[str]) -> list[tuple[str, Callable[[object], bool]]]:
     env = load_env_file(env_file) if env_file.exists() else None
     plan = LaunchPlan(SMOKE_RUN, utc_stamp(), tuple(command))
-    stash = "tpuctl smoke " + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stash = "tpuctl smoke " + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [
         ("sync", lambda s: run_sync(s, target, workers, stash)),
         ("secrets", lambda s: run_push(s, target, workers, env) if env else _skip(f"no {env_file}")),
@@ -65,7 +66,7 @@ def _skip(reason: str) -> bool:
 
 
 def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "all", env_file: EnvFileOpt = Path(".env"),
-          expect_backend: Annotated[Optional[str], typer.Option(help="Expected jax backend (default: the target's).")] = None,
+          expect_backend: Annotated[str | None, typer.Option(help="Expected jax backend (default: the target's).")] = None,
           rollout_backend: Annotated[str, typer.Option(help="Rollout backend the effective config must show.")] = "sglang_jax",
           ) -> None:
     """Run the SOP end to end (sync, secrets, verify-env, launch, tail) and check the SOP's expected result."""

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import typer
 
-from tpuctl.commands.common import (DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, report_errors,
-                                    workers_of)
+from tpuctl.commands.common import (
+    DryRunOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
-from tpuctl.console import BadInput, TpuctlError, console
+from tpuctl.console import BadInput, console
 from tpuctl.remote.git import SyncResult, apply_script, parse_fields, parse_sync, preflight_script
 from tpuctl.workers import Worker
 
@@ -19,7 +26,7 @@ def sync(ctx: typer.Context, worker: WorkerOpt = "all", dry_run: DryRunOpt = Fal
     target, workers = workers_of(ctx, worker)
     if not target.repo_url:
         raise BadInput("repo_url is not set: add repo_url to the target in tpuctl.toml or set TPUCTL_REPO_URL")
-    stash_label = "tpuctl sync " + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stash_label = "tpuctl sync " + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if dry_run:
         print_dry_run(target, [(w, apply_script(target, stash_label)) for w in workers])
         return

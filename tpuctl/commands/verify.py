@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -59,7 +59,7 @@ def _print_table(workers: list[Worker], report: EnvReport) -> None:
 
 
 def verify_env(ctx: typer.Context, worker: WorkerOpt = "all", as_json: JsonOpt = False,
-               expect_backend: Annotated[Optional[str], typer.Option(help="Expected jax backend (tpu, cpu, gpu); "
+               expect_backend: Annotated[str | None, typer.Option(help="Expected jax backend (tpu, cpu, gpu); "
                                                                      "default: the target's expect_backend.")] = None) -> None:
     """Probe Python, jax, jaxlib, libtpu and sglang-jax on each worker; fail on a wrong backend or pin, or a mismatch."""
     target, workers = workers_of(ctx, worker)

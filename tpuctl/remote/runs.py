@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
