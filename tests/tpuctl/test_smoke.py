@@ -52,3 +52,12 @@ def test_smoke_stops_at_the_first_failed_step(smoke_project):
     assert "backend 'cpu', expected 'tpu'" in result.out
     assert "not run" in result.out
     assert not smoke_project.remote(0, "~/repo/logs").exists()  # nothing was launched
+
+
+def test_smoke_dry_run_prints_every_changing_script_and_runs_nothing(smoke_project):
+    result = run("smoke", "--dry-run")
+    assert result.code == 0, result.all
+    for marker in ("git reset --hard", "sftp put .env", "TPUCTL_PROBE", "setsid nohup", "./fake_trainer.sh --steps 1"):
+        assert marker in result.out
+    assert WANDB_KEY not in result.all
+    assert not smoke_project.remote(0, "~/repo").exists() and not smoke_project.remote(0, "~/.env").exists()
