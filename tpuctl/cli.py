@@ -6,7 +6,7 @@ so `tpuctl --help` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -53,16 +53,16 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Optional[str], typer.Option("--config", help="Project file (default: tpuctl.toml here or above).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target name in tpuctl.toml.")] = None,
-    project: Annotated[Optional[str], typer.Option(help="Google Cloud project.")] = None,
-    zone: Annotated[Optional[str], typer.Option(help="Zone, e.g. us-central2-b.")] = None,
-    tpu: Annotated[Optional[str], typer.Option("--tpu", help="TPU VM name (its workers are found through the TPU API).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Project file (default: tpuctl.toml here or above).")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target name in tpuctl.toml.")] = None,
+    project: Annotated[str | None, typer.Option(help="Google Cloud project.")] = None,
+    zone: Annotated[str | None, typer.Option(help="Zone, e.g. us-central2-b.")] = None,
+    tpu: Annotated[str | None, typer.Option("--tpu", help="TPU VM name (its workers are found through the TPU API).")] = None,
     internal_ip: Annotated[bool, typer.Option("--internal-ip", help="Reach TPU workers at their internal IPs.")] = False,
     iap: Annotated[bool, typer.Option("--tunnel-through-iap", help="Reach TPU workers through an IAP tunnel.")] = False,
-    branch: Annotated[Optional[str], typer.Option(help="Git branch to sync.")] = None,
-    hosts: Annotated[Optional[str], typer.Option(help="Explicit workers: host[:port],host[:port],...")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any target setting: KEY=VALUE (repeatable).")] = None,
+    branch: Annotated[str | None, typer.Option(help="Git branch to sync.")] = None,
+    hosts: Annotated[str | None, typer.Option(help="Explicit workers: host[:port],host[:port],...")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any target setting: KEY=VALUE (repeatable).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
 ) -> None:
     """Global options apply to every command; see `tpuctl config` for the effective values."""

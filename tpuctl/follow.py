@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import paramiko
 
-from tpuctl.console import TpuctlError
+from tpuctl.console import TpuctlError, err_console
 from tpuctl.remote.git import LOGS_DIR, parse_fields
 from tpuctl.remote.shell import rpath, script
 from tpuctl.transport import ConnectError, Session
@@ -98,6 +98,9 @@ class LogFollower:
             try:
                 return action()
             except (*_DROPPED, ConnectError) as exc:
+                if self._sftp is not None:
+                    err_console.print(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting",
+                                      highlight=False, markup=False)
                 self._reset()
                 if time.monotonic() > deadline:
                     raise TpuctlError(f"worker {self.worker.index} ({self.worker.address}): lost the connection "
@@ -135,7 +138,7 @@ class LogFollower:
 
 
 def locate(session: Session, worker: Worker, repo: str, name: str) -> tuple[str, str]:
-    found = parse_fields(session.exec(worker, locate_script(repo, name)).out)
+    found = parse_fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
     if "missing" in found:
         raise TpuctlError(f"worker {worker.index}: no run named {name!r} ({found['missing']})")
     return found["log"], found["exit"]

@@ -13,10 +13,11 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -171,8 +172,12 @@ class Session:
         conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
         return conn
 
-    def exec(self, worker: Worker, script: str, timeout: float | None = 300.0) -> ExecResult:
-        """Run a bash script on the worker, fed on stdin so it never shows in the remote process list."""
+    def exec(self, worker: Worker, script: str, what: str, timeout: float | None = 300.0) -> ExecResult:
+        """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
+
+        A non-zero exit raises TpuctlError naming the worker, `what` was being done and the script's
+        last line on stderr.
+        """
         transport = self.connection(worker).client.get_transport()
         channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
         try:
@@ -180,11 +185,14 @@ class Session:
             channel.sendall(script.encode())
             channel.shutdown_write()
             stdout, stderr = _drain(channel, timeout)
-            return ExecResult(stdout, stderr, channel.recv_exit_status())
-        except socket.timeout:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): no answer within {timeout:.0f} s") from None
+            result = ExecResult(stdout, stderr, channel.recv_exit_status())
+        except TimeoutError:
+            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
         finally:
             channel.close()
+        if result.code != 0:
+            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what} failed: {result.failure}")
+        return result
 
     def sftp(self, worker: Worker) -> paramiko.SFTPClient:
         return self.connection(worker).sftp()
@@ -237,7 +245,7 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, byt
         elif channel.closed or (channel.eof_received and channel.exit_status_ready()):
             return bytes(stdout), bytes(stderr)
         elif deadline is not None and time.monotonic() > deadline:
-            raise socket.timeout()
+            raise TimeoutError()
         else:
             select.select([channel], [], [], 0.5)
 

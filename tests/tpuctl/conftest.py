@@ -67,6 +67,7 @@ def make_project(tmp_path: Path, workers: list[SshdWorker], origin: Path, client
     folder = tmp_path / "project"
     folder.mkdir()
     monkeypatch.chdir(folder)
+    monkeypatch.setenv("COLUMNS", "250")  # tables are not shortened to 80 columns in captured output
     for name in [n for n in os.environ if n.startswith("TPUCTL_")]:
         monkeypatch.delenv(name)
     project = Project(folder, workers, origin, client_key)

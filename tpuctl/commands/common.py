@@ -5,13 +5,13 @@ Kept light on purpose: fabric and paramiko are imported only once a command runs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-
-from tpuctl.config import Overrides, Target, load_target
 from rich.markup import escape
 
+from tpuctl.config import Overrides, Target, load_target
 from tpuctl.console import EXIT_FAILED, console, err_console
 from tpuctl.remote.shell import preview
 from tpuctl.workers import Worker, select_workers

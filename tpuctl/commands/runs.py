@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Annotated, Optional
+from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tpuctl.commands.common import (DEFAULT_RUN, DryRunOpt, JsonOpt, NameOpt, WorkerOpt, fail_unless, open_session,
-                                    print_dry_run, report_errors, workers_of)
+from tpuctl.commands.common import (
+    DEFAULT_RUN,
+    DryRunOpt,
+    JsonOpt,
+    NameOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError, console
 from tpuctl.remote.git import parse_fields
-from tpuctl.remote.runs import (LaunchPlan, RunStatus, check_run_name, launch_preflight_script, launch_script,
-                                parse_env_assignments, parse_status, status_script, stop_script)
+from tpuctl.remote.runs import (
+    LaunchPlan,
+    RunStatus,
+    check_run_name,
+    launch_preflight_script,
+    launch_script,
+    parse_env_assignments,
+    parse_status,
+    status_script,
+    stop_script,
+)
 from tpuctl.workers import Worker
 
-CommandArg = Annotated[Optional[list[str]], typer.Argument(help="The command to run, after `--`.")]
-EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the run (not secrets: use .env).")]
+CommandArg = Annotated[list[str] | None, typer.Argument(help="The command to run, after `--`.")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the run (not secrets: use .env).")]
 
 
 def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str, str]]:
@@ -37,7 +56,7 @@ def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str
 
 def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan) -> bool:
     """Refuse (changing nothing) if any worker is not ready, else start the run on every worker."""
-    checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name)).out)
+    checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name), "launch preflight").out)
     if not report_errors(checks):
         return False
     problems = [f"worker {c.worker.index}: {line[8:]}" for c in checks for line in c.value.splitlines()
@@ -58,10 +77,10 @@ def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan)
 
 
 def _start(session, target: Target, worker: Worker, plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
-    result = session.exec(worker, launch_script(target, plan, worker.index, env))
+    result = session.exec(worker, launch_script(target, plan, worker.index, env), "launch")
     found = parse_fields(result.out)
-    if result.code != 0 or not found.get("pid"):
-        raise TpuctlError(f"worker {worker.index}: the run did not start: {result.failure}")
+    if not found.get("pid"):
+        raise TpuctlError(f"worker {worker.index}: the run did not start (no pid file after 5 s): {result.failure}")
     return found
 
 
@@ -81,7 +100,7 @@ def launch(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFAU
 
 
 def read_status(session, target: Target, worker: Worker, name: str) -> RunStatus:
-    return parse_status(session.exec(worker, status_script(target, name)).out)
+    return parse_status(session.exec(worker, status_script(target, name), "status").out)
 
 
 def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all", as_json: JsonOpt = False) -> None:
@@ -124,7 +143,7 @@ def preempted_workers(target: Target, outcomes) -> set[int]:
 
 def run_stop(session, target: Target, workers: list[Worker], name: str, grace_s: float) -> bool:
     outcomes = session.each(workers, lambda w: parse_fields(
-        session.exec(w, stop_script(target, name, grace_s), timeout=grace_s + 60).out))
+        session.exec(w, stop_script(target, name, grace_s), "stop", timeout=grace_s + 60).out))
     words = {"TERM": "stopped (TERM)", "KILL": f"killed (KILL after {grace_s:g} s)", "none": "was not running"}
     for o in outcomes:
         if o.ok:

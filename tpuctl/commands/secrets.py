@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, report_errors, workers_of
+from tpuctl.commands.common import (
+    DryRunOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError, console
 from tpuctl.envfile import EnvFile, load_env_file
@@ -36,13 +44,13 @@ def install_script(path: str, temporary: str) -> str:
 
 
 def push_env(session, target: Target, worker: Worker, env: EnvFile) -> dict[str, str]:
-    path = parse_fields(session.exec(worker, prepare_script(target)).out)["path"]
+    path = parse_fields(session.exec(worker, prepare_script(target), "preparing the env file folder").out)["path"]
     temporary = f"{path}.tpuctl-{token.token_hex(6)}"
     sftp = session.sftp(worker)
     with sftp.open(temporary, "wx") as handle:
         sftp.chmod(temporary, 0o600)  # before any byte of the secret is written
         handle.write(env.data)
-    found = parse_fields(session.exec(worker, install_script(path, temporary)).out)
+    found = parse_fields(session.exec(worker, install_script(path, temporary), "installing the env file").out)
     if found.get("sha256") != env.sha256:
         raise TpuctlError(f"worker {worker.index}: checksum of {path} does not match the local file after copying")
     if found.get("mode") != "600":

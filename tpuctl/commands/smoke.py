@@ -7,23 +7,27 @@ the sequence; the summary shows every step, including those not run.
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tpuctl.commands.common import WorkerOpt, fail_unless, open_session, workers_of
-from tpuctl.commands.runs import CommandArg, run_launch, utc_stamp
-from tpuctl.commands.secrets import EnvFileOpt, run_push
+from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, workers_of
+from tpuctl.commands.runs import CommandArg, distributed_env, run_launch, utc_stamp
+from tpuctl.commands.secrets import EnvFileOpt, install_script, prepare_script, run_push
 from tpuctl.commands.sync import run_sync
 from tpuctl.commands.tail import follow_logs
 from tpuctl.commands.verify import run_verify
 from tpuctl.config import BACKENDS, Target
 from tpuctl.console import BadInput, TpuctlError, console
-from tpuctl.envfile import load_env_file
-from tpuctl.remote.runs import LaunchPlan
+from tpuctl.envfile import EnvFile, load_env_file
+from tpuctl.remote.git import apply_script
+from tpuctl.remote.probe import probe_script
+from tpuctl.remote.runs import LaunchPlan, launch_script
 from tpuctl.smoke_checks import Check, check_smoke
 from tpuctl.workers import Worker
 
@@ -45,14 +49,12 @@ def _log_and_exit(session, worker: Worker, target: Target) -> tuple[str, int | N
     return log, int(text) if text.lstrip("-").isdigit() else None
 
 
-def _steps(target: Target, workers: list[Worker], env_file: Path, backend: str, rollout: str,
-           command: list[str]) -> list[tuple[str, Callable[[object], bool]]]:
-    env = load_env_file(env_file) if env_file.exists() else None
-    plan = LaunchPlan(SMOKE_RUN, utc_stamp(), tuple(command))
-    stash = "tpuctl smoke " + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _steps(target: Target, workers: list[Worker], env: EnvFile | None, backend: str,
+           plan: LaunchPlan) -> list[tuple[str, Callable[[object], bool]]]:
+    stash = "tpuctl smoke " + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [
         ("sync", lambda s: run_sync(s, target, workers, stash)),
-        ("secrets", lambda s: run_push(s, target, workers, env) if env else _skip(f"no {env_file}")),
+        ("secrets", lambda s: run_push(s, target, workers, env) if env else _skip("no local .env")),
         ("verify-env", lambda s: run_verify(s, target, workers, backend)),
         ("launch", lambda s: run_launch(s, target, workers, plan)),
         ("tail", lambda s: not follow_logs(s, target, workers, SMOKE_RUN, 0, False, True, from_start=True).errors),
@@ -64,8 +66,21 @@ def _skip(reason: str) -> bool:
     return True
 
 
-def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "all", env_file: EnvFileOpt = Path(".env"),
-          expect_backend: Annotated[Optional[str], typer.Option(help="Expected jax backend (default: the target's).")] = None,
+def _print_plan(target: Target, workers: list[Worker], env: EnvFile | None, plan: LaunchPlan) -> None:
+    """--dry-run: every script the smoke would run that changes a worker, in order."""
+    envs = distributed_env(target, workers)
+    for worker in workers:
+        scripts = [apply_script(target, "tpuctl smoke"), probe_script(target),
+                   launch_script(target, plan, worker.index, envs[worker.index])]
+        if env:
+            scripts.insert(1, prepare_script(target) + f"# then: sftp put .env (mode 600), then:\n"
+                           + install_script(target.env_file, f"{target.env_file}.tpuctl-XXXX"))
+        print_dry_run(target, [(worker, script) for script in scripts])
+
+
+def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "all",
+          env_file: EnvFileOpt = Path(".env"), dry_run: DryRunOpt = False,
+          expect_backend: Annotated[str | None, typer.Option(help="Expected jax backend (default: the target's).")] = None,
           rollout_backend: Annotated[str, typer.Option(help="Rollout backend the effective config must show.")] = "sglang_jax",
           ) -> None:
     """Run the SOP end to end (sync, secrets, verify-env, launch, tail) and check the SOP's expected result."""
@@ -73,10 +88,14 @@ def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "a
     backend = expect_backend or target.expect_backend
     if backend not in BACKENDS:
         raise BadInput(f"bad --expect-backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    steps = _steps(target, workers, env_file, backend, rollout_backend, list(command or shlex.split(target.smoke_command)))
+    env = load_env_file(env_file) if env_file.exists() else None
+    plan = LaunchPlan(SMOKE_RUN, utc_stamp(), tuple(command or shlex.split(target.smoke_command)))
+    if dry_run:
+        _print_plan(target, workers, env, plan)
+        return
     summary = Table("step", "worker", "result", "detail", title="smoke")
     with open_session(target) as session:
-        passed = _run_steps(session, steps, summary)
+        passed = _run_steps(session, _steps(target, workers, env, backend, plan), summary)
         if passed:
             passed = _check_logs(session, target, workers, rollout_backend, summary)
     console.print(summary)
@@ -107,7 +126,7 @@ def _check_logs(session, target: Target, workers: list[Worker], rollout: str, su
         checks = check_smoke(*o.value, rollout) if o.ok else [Check("read log", False, o.error or "")]
         for check in checks:
             summary.add_row(check.name, o.worker.label, "[green]pass[/]" if check.passed else "[red]FAIL[/]",
-                            check.detail)
+                            escape(check.detail))
             passed = passed and check.passed
     return passed
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import typer
 
-from tpuctl.commands.common import (DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, report_errors,
-                                    workers_of)
+from tpuctl.commands.common import (
+    DryRunOpt,
+    WorkerOpt,
+    fail_unless,
+    open_session,
+    print_dry_run,
+    report_errors,
+    workers_of,
+)
 from tpuctl.config import Target
-from tpuctl.console import BadInput, TpuctlError, console
+from tpuctl.console import BadInput, console
 from tpuctl.remote.git import SyncResult, apply_script, parse_fields, parse_sync, preflight_script
 from tpuctl.workers import Worker
 
@@ -19,7 +26,7 @@ def sync(ctx: typer.Context, worker: WorkerOpt = "all", dry_run: DryRunOpt = Fal
     target, workers = workers_of(ctx, worker)
     if not target.repo_url:
         raise BadInput("repo_url is not set: add repo_url to the target in tpuctl.toml or set TPUCTL_REPO_URL")
-    stash_label = "tpuctl sync " + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stash_label = "tpuctl sync " + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if dry_run:
         print_dry_run(target, [(w, apply_script(target, stash_label)) for w in workers])
         return
@@ -29,7 +36,7 @@ def sync(ctx: typer.Context, worker: WorkerOpt = "all", dry_run: DryRunOpt = Fal
 
 def run_sync(session, target: Target, workers: list[Worker], stash_label: str) -> bool:
     """Preflight on all workers, then sync all; True when every worker ends on the same commit."""
-    checks = session.each(workers, lambda w: parse_fields(session.exec(w, preflight_script(target)).out))
+    checks = session.each(workers, lambda w: parse_fields(session.exec(w, preflight_script(target), "sync preflight").out))
     if not report_errors(checks):
         return False
     problems = [f"worker {c.worker.index}: {c.value['problem']}" for c in checks if "problem" in c.value]
@@ -50,10 +57,7 @@ def run_sync(session, target: Target, workers: list[Worker], stash_label: str) -
 
 
 def _apply(session, target: Target, worker: Worker, stash_label: str) -> SyncResult:
-    result = session.exec(worker, apply_script(target, stash_label), timeout=600)
-    if result.code != 0:
-        raise TpuctlError(f"worker {worker.index}: sync failed: {result.failure}")
-    return parse_sync(result.out)
+    return parse_sync(session.exec(worker, apply_script(target, stash_label), "sync", timeout=600).out)
 
 
 def _print_synced(worker: Worker, result: SyncResult) -> None:

@@ -7,7 +7,7 @@ command runs.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -23,11 +23,11 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0, help="Seconds to 
 
 
 def up(ctx: typer.Context,
-       accelerator_type: Annotated[Optional[str], typer.Option("--accelerator-type", "-a", help="e.g. v4-8 (default: the target's).")] = None,
-       runtime_version: Annotated[Optional[str], typer.Option("--runtime-version", help="e.g. tpu-ubuntu2204-base (default: the target's).")] = None,
+       accelerator_type: Annotated[str | None, typer.Option("--accelerator-type", "-a", help="e.g. v4-8 (default: the target's).")] = None,
+       runtime_version: Annotated[str | None, typer.Option("--runtime-version", help="e.g. tpu-ubuntu2204-base (default: the target's).")] = None,
        spot: Annotated[bool, typer.Option("--spot", help="A Spot VM: cheaper, may be preempted at any time.")] = False,
        preemptible: Annotated[bool, typer.Option("--preemptible", help="A preemptible VM (the older kind of Spot).")] = False,
-       label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY=VALUE label (repeatable), added to the target's.")] = None,
+       label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE label (repeatable), added to the target's.")] = None,
        network: Annotated[str, typer.Option(help="VPC network (default: the project's default).")] = "",
        subnetwork: Annotated[str, typer.Option(help="Subnetwork of that network.")] = "",
        internal_ips: Annotated[bool, typer.Option("--internal-ips", help="No external IPs (reach the VM through IAP or from inside the VPC).")] = False,

@@ -9,7 +9,7 @@ import typer
 from tpuctl.commands.common import WorkerOpt, fail_unless, report_errors, target_of
 from tpuctl.config import Overrides, Target, project_path
 from tpuctl.console import BadInput, console
-from tpuctl.workers import Worker, resolve_workers, parse_worker_spec
+from tpuctl.workers import Worker, parse_worker_spec, resolve_workers
 
 
 def scan_host_key(worker: Worker, proxy_command: str | None = None, timeout: float = 10.0) -> tuple[str, str]:

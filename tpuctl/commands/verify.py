@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -18,11 +18,11 @@ PROBE_TIMEOUT_S = 300.0
 
 
 def probe(session, target: Target, worker: Worker) -> dict[str, object]:
-    result = session.exec(worker, probe_script(target), timeout=PROBE_TIMEOUT_S)
+    result = session.exec(worker, probe_script(target), "the environment probe", timeout=PROBE_TIMEOUT_S)
     try:
         return parse_probe(result.out)
     except ValueError:
-        raise TpuctlError(f"worker {worker.index}: the probe failed: {result.failure}") from None
+        raise TpuctlError(f"worker {worker.index}: the environment probe printed no result: {result.failure}") from None
 
 
 def run_verify(session, target: Target, workers: list[Worker], expect_backend: str,
@@ -59,7 +59,7 @@ def _print_table(workers: list[Worker], report: EnvReport) -> None:
 
 
 def verify_env(ctx: typer.Context, worker: WorkerOpt = "all", as_json: JsonOpt = False,
-               expect_backend: Annotated[Optional[str], typer.Option(help="Expected jax backend (tpu, cpu, gpu); "
+               expect_backend: Annotated[str | None, typer.Option(help="Expected jax backend (tpu, cpu, gpu); "
                                                                      "default: the target's expect_backend.")] = None) -> None:
     """Probe Python, jax, jaxlib, libtpu and sglang-jax on each worker; fail on a wrong backend or pin, or a mismatch."""
     target, workers = workers_of(ctx, worker)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
@@ -54,17 +54,24 @@ def parse_env_assignments(pairs: Sequence[str]) -> dict[str, str]:
 
 def _holders_function(device_patterns: Sequence[str]) -> str:
     tests = " -o ".join(f"-lname {shlex.quote(pattern)}" for pattern in device_patterns)
-    return ("tpu_holders() { find /proc/[0-9]*/fd -maxdepth 1 \\( " + tests + " \\) -printf '%h\\n' 2>/dev/null"
-            " | cut -d/ -f3 | sort -un | tr '\\n' ' ' | sed 's/ $//'; }")
+    # find exits non-zero when a process vanishes mid-scan; that must not abort a `set -e` script.
+    return ("tpu_holders() { { find /proc/[0-9]*/fd -maxdepth 1 \\( " + tests + " \\) -printf '%h\\n' 2>/dev/null"
+            " || true; } | cut -d/ -f3 | sort -un | tr '\\n' ' ' | sed 's/ $//'; }")
 
 
-def _lock_cleanup(lockfile: str) -> list[str]:
-    """Remove a stale libtpu lock file, but only when no process holds the TPU devices."""
+def _lock_cleanup(lockfile: str, for_log: bool = False) -> list[str]:
+    """Remove a stale libtpu lock file, but only when no process holds the TPU devices.
+
+    Reports `lock=...` fields for tpuctl to parse, or (`for_log`) a line in the run's log when
+    the lock file was there at all.
+    """
     lock = shlex.quote(lockfile)
+    removed, kept = (f"tpuctl: removed stale {lockfile}", f"tpuctl: kept {lockfile}: the TPU is held by pid(s) $held") \
+        if for_log else ("lock=removed", "lock=kept (held by $held)")
     return [
         f"if [ -e {lock} ]; then held=$(tpu_holders)",
-        f"  if [ -z \"$held\" ]; then rm -f {lock}; echo \"lock=removed\"; else echo \"lock=kept (held by $held)\"; fi",
-        "else echo 'lock=absent'; fi",
+        f"  if [ -z \"$held\" ]; then rm -f {lock}; echo \"{removed}\"; else echo \"{kept}\"; fi",
+        "fi" if for_log else "else echo 'lock=absent'; fi",
     ]
 
 
@@ -141,7 +148,7 @@ def runner_script(target: Target, plan: LaunchPlan, worker_env: Mapping[str, str
         # Sourced, never printed: the values reach the command's environment only.
         f"  if [ -f {env_file} ]; then set -a; . {env_file} >/dev/null 2>&1; set +a; fi",
         *(f"  export {key}={shlex.quote(value)}" for key, value in env.items()),
-        *(f"  {line}" for line in _lock_cleanup(lockfile)),
+        *(f"  {line}" for line in _lock_cleanup(lockfile, for_log=True)),
         '} >> "$base.log" 2>&1',
         "(",
         *(f"  {line}" for line in activation_lines(target)),
@@ -256,7 +263,8 @@ def stop_script(target: Target, name: str, grace_s: float, lockfile: str = LIBTP
         'if alive "$pid"; then',
         '  kill -TERM -- "-$pid" 2>/dev/null || true; echo "signal=TERM"',
         f'  for _ in $(seq {ticks}); do alive "$pid" || break; sleep 0.1; done',
-        '  if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; echo "signal=KILL"; sleep 0.2; fi',
+        '  if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; echo "signal=KILL"',
+        '    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done; fi',
         # A runner killed outright cannot write its exit file: record the kill for it.
         '  if [ ! -e "$latest.exit" ]; then exit_file="$(dirname "$latest")/$(readlink "$latest.exit")"',
         "    printf '137\\n' > \"$exit_file.tmp\" && mv -f \"$exit_file.tmp\" \"$exit_file\"; fi",

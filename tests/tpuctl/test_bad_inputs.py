@@ -1,0 +1,71 @@
+"""Bad input: one line naming the value and what was expected, exit 2, nothing changed on any worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tpuctl.conftest import run
+
+CASES = [
+    (("sync", "--worker", "abc"), "bad worker selection 'abc'"),
+    (("sync", "--worker", "5"), "worker 5 is out of range: the target has 3 worker(s), 0-2"),
+    (("sync", "--worker", "3-1"), "bad worker range '3-1'"),
+    (("sync", "--worker", "0,,1"), "bad worker selection '0,,1'"),
+    (("--target", "nope", "sync"), "unknown target 'nope'"),
+    (("--hosts", "127.0.0.1:99999", "sync"), "bad host '127.0.0.1:99999'"),
+    (("--hosts", "bad_host!", "sync"), "bad host 'bad_host!'"),
+    (("--set", "nosuchkey=1", "sync"), "unknown setting 'nosuchkey'"),
+    (("--set", "coordinator_port=abc", "sync"), "coordinator_port in flag: expected an integer, received 'abc'"),
+    (("--set", "user=Bad User", "sync"), "user: expected a POSIX user name such as 'root', received 'Bad User'"),
+    (("--branch", "bad..name", "sync"), "branch: expected a git branch name, received 'bad..name'"),
+    (("--branch", "no-such-branch", "sync"), "branch 'no-such-branch' does not exist"),
+    (("--set", "host_keys=SHA256:short", "sync"), "host_keys: expected OpenSSH fingerprints"),
+    (("--set", "repo_path=relative/path", "sync"), "repo_path: expected an absolute path or one starting with ~/"),
+    (("--zone", "us-central", "sync"), "zone: expected a zone such as 'us-central2-b', received 'us-central'"),
+    (("--set", "venv=/v", "--set", "conda_env=x", "sync"), "venv: expected either conda_env or venv, not both"),
+    (("--set", "expect_versions=jax", "verify-env"), "expected name=value pairs"),
+    (("--set", "nokey", "sync"), "bad --set 'nokey': expected KEY=VALUE"),
+    (("--config", "missing.toml", "sync"), "config file 'missing.toml' does not exist"),
+    (("verify-env", "--expect-backend", "tpux"), "bad --expect-backend 'tpux'"),
+    (("secrets", "push", "--env-file", "missing.env"), "env file 'missing.env' not found"),
+    (("launch", "--name", "bad_name", "--", "true"), "bad run name 'bad_name'"),
+    (("launch", "--env", "NOEQUALS", "--", "true"), "bad --env 'NOEQUALS'"),
+    (("launch",), "no command to launch"),
+    (("status", "--name", "../x"), "bad run name '../x'"),
+]
+
+
+def snapshot(project) -> list[tuple[str, int, int]]:
+    files = []
+    for worker in project.workers:
+        for path in sorted(worker.home.rglob("*")):
+            stat = path.lstat()
+            files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return files
+
+
+@pytest.fixture
+def synced(project3):
+    assert run("sync").code == 0
+    return project3
+
+
+@pytest.mark.parametrize("args, expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_refused_cleanly(synced, args, expected):
+    before = snapshot(synced)
+    result = run(*args)
+    assert result.code == 2, result.all
+    assert expected in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert result.err.startswith("error: ")
+    assert snapshot(synced) == before
+
+
+def test_unknown_key_in_the_project_file(synced):
+    text = synced.config_file.read_text().replace("branch", "brnach")
+    Path("tpuctl.toml").write_text(text)
+    result = run("sync")
+    assert result.code == 2
+    assert "unknown setting 'brnach' in tpuctl.toml [targets.sim]" in result.err

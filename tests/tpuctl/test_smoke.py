@@ -1,0 +1,63 @@
+"""`tpuctl smoke`: the whole SOP in one command, with a stand-in trainer (the real one: tests/e2e)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.tpuctl.conftest import WANDB_KEY, run
+
+pytest.importorskip("jax")
+
+
+@pytest.fixture
+def smoke_project(project1):
+    project1.write_config(venv=sys.prefix, expect_backend="cpu", expect_versions={},
+                          smoke_command="./fake_trainer.sh --steps 1")
+    project1.write_env()
+    return project1
+
+
+def test_smoke_passes_and_summarises_every_check(smoke_project):
+    result = run("smoke")
+    assert result.code == 0, result.all
+    for check in ("config shows rollout.backend", "step line", "no traceback", "exit code 0"):
+        assert check in result.out
+    assert "rollout.backend: sglang_jax" in result.out
+    assert "step=0 loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.00s" in result.out
+    assert "SMOKE PASSED" in result.out
+    assert WANDB_KEY not in result.all
+    assert (smoke_project.remote(0, "~/repo/logs/smoke_latest.exit")).read_text().strip() == "0"
+
+
+def test_smoke_fails_on_a_traceback_and_shows_its_last_line(smoke_project):
+    result = run("smoke", "--", "./fake_trainer.sh", "--steps", "1", "--raise")
+    assert result.code == 1
+    assert "ValueError: reward shape mismatch" in result.out
+    assert "exit 1" in result.out and "SMOKE FAILED" in result.out
+
+
+def test_smoke_fails_when_the_config_shows_another_backend(smoke_project):
+    result = run("smoke", "--rollout-backend", "jax")
+    assert result.code == 1
+    assert "rollout.backend: sglang_jax" in result.out and "SMOKE FAILED" in result.out
+
+
+def test_smoke_stops_at_the_first_failed_step(smoke_project):
+    smoke_project.write_config(venv=sys.prefix, expect_backend="tpu", expect_versions={},
+                               smoke_command="./fake_trainer.sh")
+    result = run("smoke")
+    assert result.code == 1
+    assert "backend 'cpu', expected 'tpu'" in result.out
+    assert "not run" in result.out
+    assert not smoke_project.remote(0, "~/repo/logs").exists()  # nothing was launched
+
+
+def test_smoke_dry_run_prints_every_changing_script_and_runs_nothing(smoke_project):
+    result = run("smoke", "--dry-run")
+    assert result.code == 0, result.all
+    for marker in ("git reset --hard", "sftp put .env", "TPUCTL_PROBE", "setsid nohup", "./fake_trainer.sh --steps 1"):
+        assert marker in result.out
+    assert WANDB_KEY not in result.all
+    assert not smoke_project.remote(0, "~/repo").exists() and not smoke_project.remote(0, "~/.env").exists()

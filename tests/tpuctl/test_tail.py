@@ -1,0 +1,67 @@
+"""`tpuctl tail`: last lines, following by byte offset across a dropped connection, the run's exit code."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.tpuctl.conftest import run
+from tests.tpuctl.test_runs import exit_text, logs, wait_for
+
+
+def test_last_lines(project1):
+    assert run("sync").code == 0
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "30").code == 0
+    exit_text(project1)
+    result = run("tail", "-n", "3")
+    assert result.code == 0
+    assert result.out.splitlines() == [f"step={i} loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.0{i}s"
+                                       for i in (27, 28, 29)]
+
+
+def test_until_exit_returns_the_runs_own_exit_code(project1):
+    assert run("sync").code == 0
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "5", "--sleep", "0.1", "--exit", "3").code == 0
+    result = run("tail", "--until-exit", "-n", "0")
+    assert result.code == 3
+    assert "step=4 " in result.out
+
+
+def test_follow_across_an_sshd_restart_has_no_gaps_or_repeats(project1):
+    """The server (and every session it forked) dies mid-run; tail reconnects and resumes at its byte offset."""
+    assert run("sync").code == 0
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "60", "--sleep", "0.05").code == 0
+    log = logs(project1) / "train_latest.log"
+    wait_for(lambda: log.exists())
+    results = {}
+    follower = threading.Thread(target=lambda: results.update(r=run("tail", "--until-exit", "-n", "1000")))
+    follower.start()
+    wait_for(lambda: "step=10 " in log.read_text())
+    project1.workers[0].stop()
+    time.sleep(1.0)  # lines keep arriving while the worker is unreachable
+    project1.workers[0].start()
+    follower.join(timeout=60)
+    result = results["r"]
+    assert result.code == 0, result.all
+    assert result.err.count("w0: connection lost") >= 1 and "reconnecting" in result.err
+    steps = [line for line in result.out.splitlines() if line.startswith("step=")]
+    assert steps == [f"step={i} loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.0{i}s" for i in range(60)]
+    assert result.out.splitlines()[:3] == ["model_path: tiny", "rollout:", "  backend: sglang_jax"]
+
+
+def test_several_workers_are_labelled(project3):
+    assert run("sync").code == 0
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "2").code == 0
+    for i in range(3):
+        exit_text(project3, index=i)
+    result = run("tail", "-n", "1", "--worker", "0,2")
+    assert result.code == 0
+    assert sorted(result.out.splitlines()) == [f"[w{i}] step=1 loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.01s"
+                                               for i in (0, 2)]
+
+
+def test_tail_of_a_missing_run_says_so(project1):
+    assert run("sync").code == 0
+    result = run("tail", "--name", "nothing")
+    assert result.code == 1
+    assert "no run named 'nothing'" in result.err
