@@ -150,7 +150,8 @@ class FakeTpuApi:
         self.runtimes = runtimes
         self.polls_per_step = polls_per_step
         self.provision = provision
-        self.on_metadata = on_metadata  # the "guest agent": called when a node's metadata changes
+        # The "guest agent": called with (node name, metadata) when a node is created or its metadata changes.
+        self.on_metadata = on_metadata
         self.requests: list[Recorded] = []
         self._nodes: dict[tuple[str, str], _Node] = {}
         self._queued: dict[tuple[str, str], _Queued] = {}
@@ -166,7 +167,8 @@ class FakeTpuApi:
     def start(self) -> FakeTpuApi:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # A short poll interval makes stop() quick (shutdown waits for the loop to notice).
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -372,6 +374,8 @@ class FakeTpuApi:
         record = self._install(zone, name, node, self._default_endpoints(name, node.accelerator_type))
         record.node.state = tpu_v2.Node.State.CREATING
         record.polls_left = self.polls_per_step
+        if self.on_metadata is not None:
+            self.on_metadata(name, dict(record.node.metadata))
         return record
 
     def _check_spec(self, node: tpu_v2.Node) -> None:
@@ -455,8 +459,9 @@ class FakeTpuApi:
         queued = self._queued.get((zone, name))
         if queued is None:
             raise ApiError(404, f"Resource '{self._parent(zone)}/queuedResources/{name}' was not found")
-        self._advance_queued(zone, queued)
-        return _json(queued.resource)
+        shown = _json(queued.resource)
+        self._advance_queued(zone, queued)  # after answering, so that every state is seen once
+        return shown
 
     def _advance_queued(self, zone: str, queued: _Queued) -> None:
         """One poll: the next queueing step; at PROVISIONING the node is created; ACTIVE once it is READY."""
@@ -525,6 +530,13 @@ class FakeTpuApi:
                     except ApiError as exc:
                         return exc.code, _error_json(exc.code, exc.message)
         return 404, _error_json(404, f"no such method: {method} /v2/{path}")
+
+
+def authorized_keys_for(metadata: dict[str, str], user: str) -> str:
+    """The authorized_keys text a guest agent derives for `user` from the ssh-keys metadata (user:key lines)."""
+    lines = [line.partition(":")[2].strip() for line in metadata.get("ssh-keys", "").splitlines()
+             if line.partition(":")[0].strip() == user]
+    return "".join(f"{line}\n" for line in lines if line)
 
 
 def _attribute_items(endpoint: SimEndpoint, query_path: str) -> list[dict[str, str]]:
