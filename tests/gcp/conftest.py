@@ -11,7 +11,7 @@ import pytest
 import tomlkit
 
 from tests.conftest import next_address
-from tpuctl.sim.fake_tpu_api import FakeTpuApi, SimEndpoint
+from tpuctl.sim.fake_tpu_api import FakeTpuApi, SimEndpoint, authorized_keys_for
 from tpuctl.sim.sshd import SshdWorker, free_port_on
 
 NODE = "pod"
@@ -50,6 +50,23 @@ class Pod:
     def pins(self) -> dict:
         return json.loads(self.pin_file.read_text())["nodes"] if self.pin_file.exists() else {}
 
+    def provide_workers(self) -> None:
+        """Nodes created through the API get this pod's workers, as if the cloud handed out these VMs."""
+        self.api.provision = lambda name, accelerator_type: self.endpoints()
+
+    def run_guest_agent(self) -> None:
+        """Keep the workers' authorized keys in step with the node's ssh-keys metadata, as a TPU VM's agent does."""
+        def apply(name: str, metadata: dict[str, str]) -> None:
+            if name == self.name:
+                for worker in self.workers:
+                    (worker.root / "authorized_keys").write_text(authorized_keys_for(metadata, "root"))
+
+        self.api.on_metadata = apply
+
+    @property
+    def node_id(self) -> str:
+        return str(self.api.node(self.name).id)
+
     @property
     def node_path(self) -> str:
         return f"projects/{self.api.project}/locations/{self.api.zones[0]}/nodes/{self.name}"
@@ -81,8 +98,11 @@ def start_pod_workers(tmp_path, client_key):
 
 
 @pytest.fixture
-def make_pod(tmp_path, fake_api, start_pod_workers, origin, client_key, monkeypatch):
-    """make_pod(n, node=True, authorized=True, **add_node_kwargs) -> a Pod; with node, the API lists it READY."""
+def make_pod(request, tmp_path, fake_api, start_pod_workers, client_key, monkeypatch):
+    """make_pod(n, node=True, authorized=True, **add_node_kwargs) -> a Pod; with node, the API lists it READY.
+
+    With no workers (n=0) nothing is ever synced, so no git origin is made either.
+    """
 
     def make(count: int, node: bool = True, authorized: bool = True, **node_kwargs) -> Pod:
         folder = tmp_path / "project"
@@ -93,6 +113,7 @@ def make_pod(tmp_path, fake_api, start_pod_workers, origin, client_key, monkeypa
         pin_file = tmp_path / "state" / "known_tpus.json"
         monkeypatch.setenv("TPUCTL_KNOWN_TPUS", str(pin_file))
         workers = start_pod_workers(count, authorized) if count else []
+        origin = request.getfixturevalue("origin") if count else tmp_path / "origin.git"
         pod = Pod(folder, fake_api, workers, origin, client_key, pin_file)
         if node:
             fake_api.add_node(NODE, pod.endpoints(node_kwargs.pop("internal_prefix", "")), **node_kwargs)
