@@ -42,9 +42,11 @@ def test_403_names_the_project_and_what_to_check(api_only):
 
 
 def test_404_names_the_missing_node(api_only):
-    line = one_error_line(run("--tpu", "ghost", "describe"))
+    line = one_error_line(run("--tpu", "ghost", "sync", "--dry-run"))
     assert line == ("error: cannot get TPU 'ghost' (sim-project/us-central2-b): not found (404): Resource "
                     "'projects/sim-project/locations/us-central2-b/nodes/ghost' was not found")
+    line = one_error_line(run("--tpu", "ghost", "describe"))
+    assert line == "error: TPU 'ghost' (sim-project/us-central2-b) does not exist, nor a queued resource of that name"
 
 
 def test_409_on_create_is_one_line_and_not_retried(api_only):

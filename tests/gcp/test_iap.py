@@ -23,7 +23,7 @@ def test_workers_are_reached_only_through_the_relay(make_pod, tmp_path):
                                             instances[i]) for i, w in enumerate(pod.workers)],
                      accelerator_type="v4-16")
     log = tmp_path / "relay.log"
-    routes = " ".join(f"--route {name}={w.address}" for name, w in zip(instances, pod.workers))
+    routes = " ".join(f"--route {name}={w.address}" for name, w in zip(instances, pod.workers, strict=True))
     pod.write_config(proxy_command=f"{sys.executable} {Path(tcp_relay.__file__)} --log {log} {routes} "
                                    "{instance} {port}")
     trusted = run("--tunnel-through-iap", "trust")
@@ -37,7 +37,7 @@ def test_workers_are_reached_only_through_the_relay(make_pod, tmp_path):
     assert [row["worker"] for row in rows] == [0, 1]
     port = pod.workers[0].port
     relayed = log.read_text().splitlines()
-    for name, worker in zip(instances, pod.workers):
+    for name, worker in zip(instances, pod.workers, strict=True):
         assert f"{name} {port} -> {worker.address}" in relayed
 
 

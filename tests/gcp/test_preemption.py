@@ -84,3 +84,13 @@ def test_the_api_is_asked_only_when_something_vanished(running_pod):
     asked = [r.path for r in pod.api.requests[before:]]
     # Discovery reads the node and its guest attributes once; no second look at the node's state.
     assert asked == [pod.node_path, pod.node_path + ":getGuestAttributes"]
+
+
+def test_a_preempted_node_that_lists_no_workers_says_so(make_pod):
+    pod = make_pod(1)
+    pod.api.set_state(pod.name, "PREEMPTED")
+    pod.api.set_endpoints(pod.name, [])  # what the API may show once the VMs are gone
+    result = run("status")
+    assert result.code == 1
+    assert result.err.strip() == ("error: TPU 'pod' (sim-project/us-central2-b) is PREEMPTED and lists no workers; "
+                                  "recreate it: tpuctl down --yes, then tpuctl up")

@@ -15,24 +15,31 @@ from rich.table import Table
 
 from tpuctl.commands.common import JsonOpt, target_of
 from tpuctl.config import Target
-from tpuctl.console import console
+from tpuctl.console import TpuctlError, console
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the operation has finished.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait before giving up.")]
 
 
-def up(ctx: typer.Context,
-       accelerator_type: Annotated[str | None, typer.Option("--accelerator-type", "-a", help="e.g. v4-8 (default: the target's).")] = None,
-       runtime_version: Annotated[str | None, typer.Option("--runtime-version", help="e.g. tpu-ubuntu2204-base (default: the target's).")] = None,
-       spot: Annotated[bool, typer.Option("--spot", help="A Spot VM: cheaper, may be preempted at any time.")] = False,
-       preemptible: Annotated[bool, typer.Option("--preemptible", help="A preemptible VM (the older kind of Spot).")] = False,
-       label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE label (repeatable), added to the target's.")] = None,
+AcceleratorOpt = Annotated[str | None, typer.Option("--accelerator-type", "-a",
+                                                    help="e.g. v4-8 (default: the target's).")]
+RuntimeOpt = Annotated[str | None, typer.Option(help="e.g. tpu-ubuntu2204-base (default: the target's).")]
+SpotOpt = Annotated[bool, typer.Option("--spot", help="A Spot VM: cheaper, may be preempted at any time.")]
+PreemptibleOpt = Annotated[bool, typer.Option("--preemptible", help="A preemptible VM (the older kind of Spot).")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE (repeatable), added to the target's.")]
+InternalIpsOpt = Annotated[bool, typer.Option("--internal-ips", help="No external IPs (reach the workers through "
+                                                                    "IAP or from inside the VPC).")]
+QueuedOpt = Annotated[bool, typer.Option("--queued", help="Request a queued resource, granted when capacity frees up.")]
+AddKeyOpt = Annotated[bool, typer.Option("--add-ssh-key", help="Put user:<identity_file>.pub into the node's "
+                                                               "ssh-keys metadata.")]
+
+
+def up(ctx: typer.Context, accelerator_type: AcceleratorOpt = None, runtime_version: RuntimeOpt = None,
+       spot: SpotOpt = False, preemptible: PreemptibleOpt = False, label: LabelOpt = None,
        network: Annotated[str, typer.Option(help="VPC network (default: the project's default).")] = "",
        subnetwork: Annotated[str, typer.Option(help="Subnetwork of that network.")] = "",
-       internal_ips: Annotated[bool, typer.Option("--internal-ips", help="No external IPs (reach the VM through IAP or from inside the VPC).")] = False,
-       queued: Annotated[bool, typer.Option("--queued", help="Request it as a queued resource, granted when capacity frees up.")] = False,
-       add_key: Annotated[bool, typer.Option("--add-ssh-key", help="Put user:<identity_file.pub> into the node's ssh-keys metadata.")] = False,
+       internal_ips: InternalIpsOpt = False, queued: QueuedOpt = False, add_key: AddKeyOpt = False,
        wait: WaitOpt = True, timeout: TimeoutOpt = 3600.0) -> None:
     """Create the target's TPU VM, wait until it is READY, then print its workers."""
     from tpuctl.gcp.api import connect
@@ -124,7 +131,7 @@ def describe(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     node = api.find_node(name)
     resource = api.find_queued(name) if node is None or node.queued_resource else None
     if node is None and resource is None:
-        api.get_node(name)  # raises the API's own "not found" line
+        raise TpuctlError(f"{api.label(name)} does not exist, nor a queued resource of that name")
     summary = node_summary(node, PinStore().get(api.node_path(name))) if node is not None else None
     queued = queued_summary(resource) if resource is not None else None
     if as_json:

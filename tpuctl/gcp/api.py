@@ -12,7 +12,8 @@ import os
 import random
 import re
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -215,7 +216,7 @@ def retry_delay(exc: gexc.GoogleAPICallError, attempt: int) -> float:
 
 def api_error(what: str, exc: gexc.GoogleAPICallError, attempts: int) -> TpuctlError:
     """One line saying what failed, the error class with its HTTP code, the API's message and what to do."""
-    code = exc.code if isinstance(exc.code, int) else getattr(exc.code, "value", ("?",))[0]
+    code = exc.code  # the HTTP status: tpuctl speaks REST to the API
     message = _one_line(_REST_PREFIX.sub("", exc.message or str(exc)))
     tried = f" after {attempts} attempts" if attempts > 1 else ""
     kinds: list[tuple[type, str, str]] = [

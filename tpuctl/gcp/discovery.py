@@ -58,7 +58,8 @@ def check_usable(label: str, state: str, require_ready: bool) -> None:
         if require_ready:
             raise TpuctlError(f"{label} is {state}: its workers cannot be used{_state_hint(state)}")
         return
-    err_console.print(f"[yellow]warning:[/] {escape(label)} is {state}: its workers may not answer yet", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(label)} is {state}: its workers may not answer yet",
+                      highlight=False)
 
 
 def _state_hint(state: str) -> str:

@@ -9,9 +9,9 @@ there, does the name already exist). Every refusal is a BadInput: exit 2, nothin
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from google.cloud import tpu_v2
 

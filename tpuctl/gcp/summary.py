@@ -14,11 +14,12 @@ def short(resource_name: str) -> str:
 
 
 def scheduling(node: tpu_v2.Node) -> str:
+    """How the node was provisioned: spot, preemptible, reserved, queued (see its queued resource) or on-demand."""
     config = node.scheduling_config
-    if node.queued_resource and not (config.spot or config.preemptible):
-        return "queued"
-    return "spot" if config.spot else "preemptible" if config.preemptible else "reserved" if config.reserved \
-        else "on-demand"
+    for kind in ("spot", "preemptible", "reserved"):
+        if getattr(config, kind):
+            return kind
+    return "queued" if node.queued_resource else "on-demand"
 
 
 def node_summary(node: tpu_v2.Node, pins: NodePins | None = None) -> dict[str, Any]:

@@ -20,10 +20,11 @@ import itertools
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from google.cloud import tpu_v2
@@ -141,7 +142,8 @@ class FakeTpuApi:
     """A TPU API for one project; start() it, then point the real client at `endpoint`."""
 
     def __init__(self, project: str = DEFAULT_PROJECT, zones: tuple[str, ...] = DEFAULT_ZONES,
-                 accelerator_types: tuple[str, ...] = tuple(HOSTS_PER_TYPE), runtimes: tuple[str, ...] = DEFAULT_RUNTIMES,
+                 accelerator_types: tuple[str, ...] = tuple(HOSTS_PER_TYPE),
+                 runtimes: tuple[str, ...] = DEFAULT_RUNTIMES,
                  polls_per_step: int = 1, provision: Callable[[str, str], list[SimEndpoint]] | None = None,
                  on_metadata: Callable[[str, dict[str, str]], None] | None = None):
         self.project = project
