@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -76,7 +77,7 @@ def test_secrets_reach_every_discovered_worker(make_pod):
     assert WANDB_KEY not in pushed.all
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("jax"), reason="verify-env probes jax")
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="verify-env probes jax on the worker")
 def test_smoke_runs_the_whole_sop_through_discovery(make_pod):
     pod = make_pod(1)
     pod.write_config(venv=sys.prefix, expect_backend="cpu", expect_versions={},
