@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tpuctl.sim.pod import SimPod
+from tpuctl.sim.vm import SimTpuVm, write_config
 
 
 def median_wall(argv: list[str], runs: int, cwd: Path) -> float:
@@ -29,9 +29,9 @@ def median_wall(argv: list[str], runs: int, cwd: Path) -> float:
     return statistics.median(times)
 
 
-def raw_ssh(pod: SimPod) -> list[str]:
-    worker = pod.workers[0]
-    return ["ssh", "-i", str(pod.identity), "-p", str(worker.port), "-o", "BatchMode=yes",
+def raw_ssh(vm: SimTpuVm) -> list[str]:
+    worker = vm.sshd[0]
+    return ["ssh", "-i", str(vm.identity), "-p", str(worker.port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             f"root@{worker.address}", "true"]
 
@@ -41,14 +41,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     runs = parser.parse_args().runs
     figures: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, SimPod(Path(tmp) / "pod", 8) as pod:
-        figures["raw_ssh_true_s"] = median_wall(raw_ssh(pod), runs, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, SimTpuVm(Path(tmp) / "pod", workers=8) as vm:
+        figures["raw_ssh_true_s"] = median_wall(raw_ssh(vm), runs, Path(tmp))
         for count in (1, 2, 4, 8):
             folder = Path(tmp) / f"p{count}"
             folder.mkdir()
-            table = pod.target_table(repo_path="~/repo")
-            table["hosts"], table["host_keys"] = table["hosts"][:count], table["host_keys"][:count]
-            (folder / "tpuctl.toml").write_text(__import__("tomlkit").dumps({"targets": {"sim": table}}))
+            write_config(folder / "tpuctl.toml", vm.explicit_table(count, repo_path="~/repo"))
             figures[f"status_{count}_workers_s"] = median_wall([sys.executable, "-m", "tpuctl", "status"], runs, folder)
     one, eight = figures["status_1_workers_s"], figures["status_8_workers_s"]
     print(json.dumps({"runs": runs, **{k: round(v, 4) for k, v in figures.items()},
