@@ -189,3 +189,12 @@ def test_status_script_parses_remote_output(synced1):
     status = parse_status(session.exec(workers[0], status_script(session.target, "nothing"), "status").out)
     session.close()
     assert status.state == "none"
+
+
+def test_leading_assignments_become_the_commands_environment(synced1):
+    result = run("launch", "--", "STEPS=4", "GREETING=hello world", "bash", "-c", 'echo "$GREETING $STEPS"')
+    assert result.code == 0, result.all
+    assert exit_text(synced1) == "0"
+    assert "hello world 4" in (logs(synced1) / "train_latest.log").read_text()
+    refused = run("launch", "--name", "only-vars", "--", "A=1")
+    assert refused.code == 2 and "no command to launch after the variable assignments 'A=1'" in refused.err

@@ -125,9 +125,28 @@ class LaunchPlan:
     command: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise BadInput(f"no command to launch after the variable assignments {shlex.join(self.command)!r}")
+
     @property
     def base(self) -> str:
         return f"{self.name}_{self.stamp}"
+
+    @property
+    def assignments(self) -> dict[str, str]:
+        """Leading `NAME=value` words (as in `STEPS=1 python train.py`): the command's own environment."""
+        found = {}
+        for word in self.command:
+            name, sep, value = word.partition("=")
+            if not (sep and _ENV_KEY.fullmatch(name)):
+                break
+            found[name] = value
+        return found
+
+    @property
+    def argv(self) -> Sequence[str]:
+        return self.command[len(self.assignments):]
 
 
 def runner_script(target: Target, plan: LaunchPlan, worker_env: Mapping[str, str],
@@ -152,7 +171,8 @@ def runner_script(target: Target, plan: LaunchPlan, worker_env: Mapping[str, str
         '} >> "$base.log" 2>&1',
         "(",
         *(f"  {line}" for line in activation_lines(target)),
-        f"  exec {shlex.join(plan.command)}",
+        *(f"  export {key}={shlex.quote(value)}" for key, value in plan.assignments.items()),
+        f"  exec {shlex.join(plan.argv)}",
         ') >> "$base.log" 2>&1 < /dev/null &',
         "child=$!",
         'trap \'kill -TERM "$child" 2>/dev/null\' TERM HUP INT',
