@@ -52,7 +52,9 @@ class LogFollower:
 
     def last_lines(self, count: int) -> None:
         """Show the last `count` lines and set the offset to the end of the file."""
-        size = self._sftp_client().stat(self.log_path).st_size
+        size = self._size()
+        if size == 0:
+            return
         window = 64 * 1024
         while True:
             start = max(0, size - window)
@@ -69,7 +71,7 @@ class LogFollower:
     def poll(self) -> bool:
         """Show what was appended since the last poll; True once the run has ended and all is shown."""
         finished = self.exit_code() is not None
-        size = self._sftp_client().stat(self.log_path).st_size
+        size = self._size()
         if size < self.offset:  # truncated or replaced under us: start over rather than miss lines
             self.offset, self.pending = 0, b""
         while self.offset < size:
@@ -121,6 +123,13 @@ class LogFollower:
         except FileNotFoundError:
             return None
         return int(text) if text.lstrip("-").isdigit() else None
+
+    def _size(self) -> int:
+        """The log's size; 0 while the runner has not created it yet."""
+        try:
+            return self._sftp_client().stat(self.log_path).st_size or 0
+        except FileNotFoundError:
+            return 0
 
     def _read(self, start: int, length: int) -> bytes:
         with self._sftp_client().open(self.log_path, "rb") as handle:
