@@ -28,3 +28,38 @@ def run_trainer(args: list[str], cwd: Path, timeout: float = 600, **env: str) ->
 
 def step_lines(stdout: str) -> list[re.Match]:
     return [m for m in (STEP_LINE.match(line) for line in stdout.splitlines()) if m]
+
+
+def wandb_records(run_file: Path):
+    """Records of a .wandb file (LevelDB log framing: 32 KiB blocks, 7-byte chunk headers) as protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, pending = run_file.read_bytes(), 32768, 7, b""  # 7: the ':W&B' header
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block tail too short for a header is zero padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk ends a record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def wandb_history(wandb_dir: Path) -> tuple[list[dict], int | None]:
+    """The logged rows and the exit code of the single offline run under wandb_dir."""
+    import json
+
+    (run_file,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows, exit_code = [], None
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return rows, exit_code
