@@ -24,12 +24,14 @@ class SamplingSettings:
     top_p: float = 1.0
 
 
-def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: jax.Array) -> jax.Array:
+def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
     """Set logits outside the top-k and outside the smallest top-p nucleus to -inf."""
     neg_inf = jnp.finfo(logits_NxV.dtype).min
     if top_k > 0:
         kth = jax.lax.top_k(logits_NxV, top_k)[0][:, -1:]
         logits_NxV = jnp.where(logits_NxV < kth, neg_inf, logits_NxV)
+    if top_p >= 1.0:
+        return logits_NxV  # no sort over the vocabulary in every decode step
     sorted_desc = jnp.sort(logits_NxV, axis=-1)[:, ::-1]
     probs_desc = jax.nn.softmax(sorted_desc, axis=-1)
     mass_before = jnp.cumsum(probs_desc, axis=-1) - probs_desc
@@ -38,7 +40,7 @@ def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: jax.Array) -> jax.
     return jnp.where(logits_NxV < threshold, neg_inf, logits_NxV)
 
 
-def sample_next(logits_NxV, rng, temperature, top_p, top_k: int):
+def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int):
     """Next tokens and their log-probs under the temperature-scaled, untruncated distribution."""
     greedy = temperature <= 0
     scaled = logits_NxV / jnp.where(greedy, 1.0, temperature)
@@ -53,9 +55,9 @@ def prompt_positions(prompt_mask_NxP: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "stop_ids", "pad_id"))
-def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, top_p, *,
-             max_new_tokens: int, top_k: int, stop_ids: tuple[int, ...], pad_id: int):
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id"))
+def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, *,
+             max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int):
     """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
     and per-token log-probs (0 where masked)."""
     n, p = prompt_ids_NxP.shape

@@ -28,7 +28,7 @@ LOGITS = jnp.log(jnp.asarray(PROBS, jnp.float32))[None]
     (3, 0.9, [1, 1, 1, 0]),
 ])
 def test_truncate_logits(top_k, top_p, kept):
-    out = truncate_logits(LOGITS, top_k, jnp.float32(top_p))
+    out = truncate_logits(LOGITS, top_k, top_p)
     np.testing.assert_array_equal(np.asarray(out[0] > -1e30), np.array(kept, bool))
 
 
@@ -40,7 +40,7 @@ def test_truncate_logits(top_k, top_p, kept):
 def test_sampling_frequencies(temperature, top_k, expected):
     rows = 40_000
     tokens, logps = sample_next(jnp.repeat(LOGITS, rows, axis=0), jax.random.key(0), jnp.float32(temperature),
-                                jnp.float32(1.0), top_k)
+                                1.0, top_k)
     freq = np.bincount(np.asarray(tokens), minlength=4) / rows
     np.testing.assert_allclose(freq, expected, atol=0.01)  # ~4 standard errors at 40k draws
     scaled = PROBS ** (1 / temperature) / (PROBS ** (1 / temperature)).sum()
@@ -48,7 +48,7 @@ def test_sampling_frequencies(temperature, top_k, expected):
 
 
 def test_greedy_ignores_temperature_scaling_and_picks_argmax():
-    tokens, logps = sample_next(LOGITS, jax.random.key(1), jnp.float32(0.0), jnp.float32(1.0), -1)
+    tokens, logps = sample_next(LOGITS, jax.random.key(1), jnp.float32(0.0), 1.0, -1)
     assert int(tokens[0]) == 0 and math.isclose(float(logps[0]), math.log(0.5), rel_tol=1e-6)
 
 
@@ -65,8 +65,8 @@ def tiny(tiny_model_dir):
 
 def _generate(tiny, temperature, stop_ids=(511,), max_new_tokens=8, seed=0):
     model, params, ids, mask = tiny
-    return generate(model, params, ids, mask, jax.random.key(seed), jnp.float32(temperature), jnp.float32(1.0),
-                    max_new_tokens=max_new_tokens, top_k=-1, stop_ids=stop_ids, pad_id=0)
+    return generate(model, params, ids, mask, jax.random.key(seed), jnp.float32(temperature),
+                    max_new_tokens=max_new_tokens, top_k=-1, top_p=1.0, stop_ids=stop_ids, pad_id=0)
 
 
 def test_greedy_generation_matches_argmax_of_full_forward(tiny):

@@ -130,7 +130,7 @@ class DecoderLayer(nn.Module):
     param_dtype: Any
 
     @nn.compact
-    def __call__(self, hidden_BxTxH, layer_cache, rope, mask_BxTxS, write_index):
+    def __call__(self, hidden_BxTxH, cache, layer_index, rope, mask_BxTxS, write_index):
         c, dt, pdt = self.config, self.dtype, self.param_dtype
         b, t, _ = hidden_BxTxH.shape
         x = RMSNorm(c.rms_norm_eps, dt, pdt, name="input_layernorm")(hidden_BxTxH)
@@ -141,22 +141,28 @@ class DecoderLayer(nn.Module):
         q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
         k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
-        if layer_cache is not None:
-            k_cache, v_cache = layer_cache
-            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_index, axis=1)
-            layer_cache = (k, v)
+        if cache is not None:
+            # Write this layer's new keys/values into the whole stacked cache in place, then read the
+            # layer back; slicing per layer through scan outputs would copy the cache every step.
+            k_all, v_all = cache
+            start = (layer_index, 0, write_index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(k_all, layer_index, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer_index, keepdims=False)
+            cache = (k_all, v_all)
         attn = attention(q, k.astype(dt), v.astype(dt), mask_BxTxS)
         hidden_BxTxH = hidden_BxTxH + _dense(c.hidden_size, False, dt, pdt, "o_proj")(attn)
         x = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(hidden_BxTxH)
         gate = _dense(c.intermediate_size, False, dt, pdt, "gate_proj")(x)
         up = _dense(c.intermediate_size, False, dt, pdt, "up_proj")(x)
         hidden_BxTxH = hidden_BxTxH + _dense(c.hidden_size, False, dt, pdt, "down_proj")(nn.silu(gate) * up)
-        return hidden_BxTxH, layer_cache
+        return hidden_BxTxH, cache
 
 
 class _ScannedLayer(nn.Module):
-    """Adapter giving `DecoderLayer` the (carry, xs) -> (carry, ys) signature `nn.scan` wants."""
+    """Adapter giving `DecoderLayer` the carry -> (carry, outputs) signature `nn.scan` wants; the carry
+    holds the hidden state, the stacked KV cache and the layer index."""
 
     config: Qwen2Config
     dtype: Any
@@ -164,10 +170,12 @@ class _ScannedLayer(nn.Module):
     remat: bool
 
     @nn.compact
-    def __call__(self, hidden_BxTxH, layer_cache, rope, mask_BxTxS, write_index):
+    def __call__(self, carry, rope, mask_BxTxS, write_index):
+        hidden_BxTxH, cache, layer_index = carry
         layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
         layer = layer_cls(self.config, self.dtype, self.param_dtype, name="layer")
-        return layer(hidden_BxTxH, layer_cache, rope, mask_BxTxS, write_index)
+        hidden_BxTxH, cache = layer(hidden_BxTxH, cache, layer_index, rope, mask_BxTxS, write_index)
+        return (hidden_BxTxH, cache, layer_index + 1), None
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -196,10 +204,10 @@ class Qwen2ForCausalLM(nn.Module):
         rope = rope_angles(positions_BxT, c.head_dim, c.rope_theta)
         layers = nn.scan(
             _ScannedLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
         )(c, self.dtype, self.param_dtype, self.remat, name="layers")
-        layer_caches = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
-        hidden, new_caches = layers(hidden, layer_caches, rope, mask_BxTxS, write_index)
+        stacked = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+        (hidden, new_caches, _), _ = layers((hidden, stacked, jnp.int32(0)), rope, mask_BxTxS, write_index)
         hidden = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
         if logits_last_n is not None:
             hidden = hidden[:, -logits_last_n:]
