@@ -1,0 +1,88 @@
+"""The GRPO loop's update phase: FLOP/s against a jnp.dot peak measured in the same run, compilations
+after step 0 (must be 0), peak memory, and the time of every phase. Prints one JSON object.
+
+    python bench/trainer_update.py [--model-dir DIR] [--steps 4] [--set key=value ...]
+
+Without --model-dir a random 512-wide, 8-layer Qwen2 is built; the data is the synthetic task unless
+--set data.source=gsm8k --set data.path=DIR is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import jax
+
+from trainer.config import load_config
+from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.model.qwen2 import Qwen2Config
+from trainer.runtime import start
+from trainer.testing import perf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from trainer_sampler import bench_model_dir  # noqa: E402
+
+DEFAULT_SETS = ["rollout.batch_size=8", "rollout.num_pre_q=8", "rollout.global_length=32",
+                "rollout.max_length_sample=32", "train.micro_batch_size=16", "checkpoint.resume=false"]
+
+
+def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, forwards: float) -> float:
+    """FLOPs of `forwards` forward-pass equivalents over the batch (training = 3: forward + backward)."""
+    h, d, layers = config.hidden_size, config.head_dim, config.num_hidden_layers
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * config.intermediate_size)
+    t = prompt_len + new_tokens
+    per_row = 2 * t * linear + 4 * layers * config.num_attention_heads * d * t * t
+    per_row += 2 * (new_tokens + 1) * h * config.vocab_size  # logits only over the completion
+    return forwards * rows * per_row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+    model_dir = args.model_dir or bench_model_dir(hidden=512, layers=8)
+    out_dir = f"/tmp/trainer-bench-{Path(model_dir).name}"
+    config = load_config(None, sets=DEFAULT_SETS + [f"model_path={model_dir}", f"steps={args.steps}",
+                                                    f"out_dir={out_dir}"] + args.set, environ={})
+    runtime = start(config)
+    config = resolve_auto_values(config, runtime, Path(model_dir))
+    loop = GRPOLoop(config, runtime, Path(model_dir), out=lambda line: None)
+    loop.backend.push_weights(loop.state.params)
+    steps = []
+    with StopSignal() as stop:
+        for step in range(config.steps):
+            steps.append(loop.train_one_step(step, stop))
+            if step == 0:
+                compiles_after_step0 = perf.compile_count()
+    compiles_after_step0 = perf.compile_count() - compiles_after_step0
+    loop.backend.shutdown()
+
+    steady = steps[1:] or steps
+    update_s = statistics.median(m["time/update_s"] for m in steady)
+    forwards = 3 + (1 if loop.needs_old_logps else 0) + (1 if config.train.beta > 0 else 0)
+    flops = update_flops(loop.model.config, config.rows, config.rollout.global_length,
+                         config.rollout.max_length_sample, forwards) * config.train.num_iterations
+    peak = perf.matmul_peak_flops(dtype=loop.model.dtype)
+    print(json.dumps({
+        "bench": "trainer_update", "device": str(jax.devices()[0].device_kind), "platform": runtime.platform,
+        "params": loop.model.config.num_params(), "rows": config.rows, "steps": config.steps,
+        "compiles_after_step0": compiles_after_step0,
+        "step0_s": steps[0]["time/step_s"], "step_s": statistics.median(m["time/step_s"] for m in steady),
+        "rollout_s": statistics.median(m["time/rollout_s"] for m in steady), "update_s": update_s,
+        "weight_push_s": statistics.median(m["time/weight_push_s"] for m in steady),
+        "update_gflop": flops / 1e9, "update_gflop_per_s": flops / update_s / 1e9,
+        "matmul_peak_gflop_per_s": peak / 1e9, "fraction_of_matmul_peak": flops / update_s / peak,
+        "completion_tokens_per_s": statistics.median(m["throughput/completion_tokens_per_s"] for m in steady),
+        **perf.peak_memory_bytes(),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

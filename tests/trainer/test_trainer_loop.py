@@ -1,0 +1,164 @@
+"""The loop end to end in-process: a scripted backend, W&B offline records, evaluation, checkpoint resume."""
+
+import jax
+import numpy as np
+import pytest
+from trainer_testlib import STEP_LINE, wandb_history
+
+from trainer.config import load_config
+from trainer.data import load_gsm8k
+from trainer.loop import train
+from trainer.rollout import make_backend
+from trainer.rollout.mock import MockBackend
+from trainer.runtime import start
+
+
+def _config(tmp_path, *sets):
+    return load_config(None, sets=[f"out_dir={tmp_path / 'run'}", *sets], environ={})
+
+
+def _answer_even_rows(gsm8k_dir):
+    """A scripted policy: rows with an even index answer correctly in GSM8K's format, odd rows say 0."""
+    answers = {p.question: p.answer for split in ("train", "test") for p in load_gsm8k(split, str(gsm8k_dir))}
+
+    def complete(prompt: str, row: int) -> str:
+        gold = next(answer for question, answer in answers.items() if question in prompt)
+        return f"I think.\n#### {gold}" if row % 2 == 0 else "#### 0"
+
+    return complete
+
+
+def _mock_factory(complete, created: list):
+    def factory(config, model, runtime, tokenizer, model_dir):
+        created.append(MockBackend(tokenizer, complete))
+        return created[-1]
+
+    return factory
+
+
+def test_scripted_rollouts_give_the_hand_computed_step_lines_and_wandb_rows(tmp_path, monkeypatch, gsm8k_dir,
+                                                                              tiny_model_dir):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
+                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
+                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "train.loss_type=grpo", "steps=3",
+                     "wandb.mode=offline",
+                     "wandb.name=unit", "eval.every_steps=3", "eval.batches=2")
+    lines, backends = [], []
+    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), backends), out=lines.append)
+
+    assert "rollout:\n  backend: jax\n" in lines[0] and "  dtype: float32\n" in lines[0]
+    steps = [STEP_LINE.match(line) for line in lines if line.startswith("step=")]
+    assert [m.group(1) for m in steps] == ["0", "1", "2"]
+    # Half the rows are right: reward 0.5. With one update per batch the ratio is 1, so the grpo loss is
+    # minus the mean advantage over rows, which is 0 in every group.
+    assert all(m.group(4) == "0.5000" and m.group(2) == "0.000000" for m in steps)
+    assert "eval step=2 pass@1=0.5000 problems=24" in lines
+    assert backends[0].pushes == 1 + 3  # before the first step and after every update
+
+    rows, exit_code = wandb_history(tmp_path / "wandb-dir")
+    assert exit_code == 0 and [row["_step"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["reward"] == 0.5 and row["reward_std"] == 0.5 and row["frac_reward_zero_std"] == 0.0
+        assert row["rewards/correctness/mean"] == 0.5 and row["completions/clipped_ratio"] == 0.0
+        for key in ("entropy", "clip_ratio/region_mean", "completions/mean_length", "grad_norm",
+                    "throughput/completion_tokens_per_s", "time/rollout_s", "time/update_s", "learning_rate"):
+            assert key in row
+    assert rows[2]["eval/pass@1"] == 0.5
+
+
+def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, capsys, gsm8k_dir, tiny_model_dir):
+    import wandb
+
+    def refuse(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=online",
+                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8")
+    lines = []
+    train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
+    assert sum(line.startswith("step=0 ") for line in lines) == 1
+    assert "warning: W&B disabled, init failed: UsageError" in capsys.readouterr().err
+
+
+def test_dynamic_sampling_and_kl_show_in_metrics(tmp_path, monkeypatch, gsm8k_dir, tiny_model_dir):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=offline",
+                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8",
+                     "train.dynamic_sampling=true", "train.beta=0.1", "train.num_iterations=2")
+    # Every row of every group answers the same: all groups are uninformative and drop out of the loss.
+    train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lambda line: None)
+    rows, _ = wandb_history(tmp_path / "wandb-dir")
+    assert rows[0]["frac_reward_zero_std"] == 1.0
+    assert rows[0]["loss"] == 0.0 and rows[0]["entropy"] == 0.0  # no token counts
+    assert "kl" in rows[0]
+
+
+def _final_params(tmp_path):
+    from trainer.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "run" / "checkpoints", 5)
+    step = checkpointer.latest_step()
+    restored = checkpointer._manager.restore(step)
+    checkpointer.close()
+    return step, restored["state"]["params"]
+
+
+class Crash(Exception):
+    pass
+
+
+def _crashing_after(generates: int):
+    """The real JAX sampler, failing on call number generates + 1 (a crash in the middle of a run)."""
+
+    def factory(*args):
+        backend = make_backend(*args)
+        real_generate, calls = backend.generate, []
+
+        def generate(*generate_args, **kwargs):
+            calls.append(1)
+            if len(calls) > generates:
+                raise Crash()
+            return real_generate(*generate_args, **kwargs)
+
+        backend.generate = generate
+        return backend
+
+    return factory
+
+
+def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    config_a = _config(tmp_path / "a", "checkpoint.every_steps=2", "steps=4")
+    config_b = _config(tmp_path / "b", "checkpoint.every_steps=2", "steps=4")
+    straight, crashed, resumed = [], [], []
+    train(config_a, start(config_a), out=straight.append)
+    with pytest.raises(Crash):
+        train(config_b, start(config_b), _crashing_after(3), out=crashed.append)  # dies in step 3
+    train(config_b, start(config_b), out=resumed.append)
+
+    assert any(line.startswith("resumed from checkpoint 2 ") for line in resumed)
+    strip_dt = lambda lines: [line.rsplit(" dt=", 1)[0] for line in lines if line.startswith("step=")]
+    assert strip_dt(crashed) == strip_dt(straight)[:3]
+    assert strip_dt(resumed) == strip_dt(straight)[2:]  # step 2 runs again from the checkpoint
+    step_a, params_a = _final_params(tmp_path / "a")
+    step_b, params_b = _final_params(tmp_path / "b")
+    assert step_a == step_b == 4
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_finished_run_resumes_to_nothing(tmp_path):
+    config = _config(tmp_path, "checkpoint.every_steps=1", "steps=1")
+    train(config, start(config), out=lambda line: None)
+    lines = []
+    train(config, start(config), out=lines.append)
+    assert "resumed from checkpoint 1 " in " ".join(lines) and not any(line.startswith("step=") for line in lines)
+
+
+@pytest.mark.parametrize("bad", ["rollout.batch_size=3"])
+def test_rows_must_divide_the_data_parallel_devices(tmp_path, bad):
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.micro_batch_size: expected a divisor"):
+        _config(tmp_path, bad, "train.micro_batch_size=16")

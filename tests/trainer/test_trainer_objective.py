@@ -1,0 +1,101 @@
+"""Advantages and every loss term against numbers computed by hand."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainer.advantages import STD_EPS, group_advantages, informative_rows
+from trainer.losses import LossSettings, kl_divergence, per_token_loss, token_logps_and_entropy, token_weights
+
+REWARDS = np.array([1, 0, 0, 0, 1, 1, 1, 1], np.float32)
+
+
+def test_group_scaled_advantages():
+    std = math.sqrt(0.25 * 0.75)
+    expected = [0.75 / (std + STD_EPS)] + [-0.25 / (std + STD_EPS)] * 3 + [0.0] * 4
+    np.testing.assert_allclose(group_advantages(REWARDS, 4, "group"), expected, rtol=1e-6)
+
+
+def test_batch_scaled_and_mean_only_advantages():
+    batch_std = math.sqrt(0.625 * 0.375)
+    np.testing.assert_allclose(group_advantages(REWARDS, 4, "batch"),
+                               np.array([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]) / (batch_std + STD_EPS), rtol=1e-6)
+    np.testing.assert_allclose(group_advantages(REWARDS, 4, "none"), [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
+
+
+def test_dynamic_sampling_keeps_groups_with_spread():
+    np.testing.assert_array_equal(informative_rows(REWARDS, 4), [True] * 4 + [False] * 4)
+
+
+def test_kl_estimators():
+    logp, ref = jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25]))
+    np.testing.assert_allclose(kl_divergence(logp, ref, "k1"), [math.log(2)], rtol=1e-6)
+    np.testing.assert_allclose(kl_divergence(logp, ref, "k3"), [0.5 + math.log(2) - 1], rtol=1e-6)
+    np.testing.assert_allclose(kl_divergence(logp, logp, "k3"), [0.0], atol=1e-7)
+
+
+MASK = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
+
+
+@pytest.mark.parametrize("loss_type, expected", [
+    ("dapo", [[1 / 3, 1 / 3, 0], [1 / 3, 0, 0]]),
+    ("grpo", [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0]]),
+    ("dr_grpo", [[1 / 6, 1 / 6, 0], [1 / 6, 0, 0]]),
+])
+def test_token_weights(loss_type, expected):
+    np.testing.assert_allclose(token_weights(MASK, loss_type, max_length=3), expected, rtol=1e-6)
+
+
+def _settings(**overrides):
+    base = dict(loss_type="dapo", beta=0.0, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.28, max_length=3)
+    return LossSettings(**(base | overrides))
+
+
+def test_clipped_surrogate_per_token():
+    # ratio 1.5 / 0.5 against advantages +1 / -1, one case per token.
+    logps = jnp.log(jnp.array([[1.5, 1.5, 0.5, 0.5]]))
+    old = jnp.zeros((1, 4))
+    advantages = jnp.array([1.0])
+    loss, stats = per_token_loss(logps, old, advantages, old, old, _settings())
+    np.testing.assert_allclose(loss, [[-1.28, -1.28, -0.5, -0.5]], rtol=1e-6)
+    loss_neg, stats_neg = per_token_loss(logps, old, -advantages, old, old, _settings())
+    np.testing.assert_allclose(loss_neg, [[1.5, 1.5, 0.8, 0.8]], rtol=1e-6)
+    np.testing.assert_array_equal(stats["clip_high"], [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(stats_neg["clip_low"], [[0, 0, 1, 1]])
+
+
+def test_kl_term_is_added_with_beta():
+    logps, ref = jnp.log(jnp.array([[0.5]])), jnp.log(jnp.array([[0.25]]))
+    loss, stats = per_token_loss(logps, logps, jnp.array([0.0]), ref, logps, _settings(beta=0.1))
+    np.testing.assert_allclose(loss, [[0.1 * (0.5 + math.log(2) - 1)]], rtol=1e-6)
+    np.testing.assert_allclose(stats["kl"], [[0.5 + math.log(2) - 1]], rtol=1e-6)
+    # d/dlogp of beta * k3 with a stop-gradient old policy: beta * (1 - pi_ref / pi) = 0.1 * 0.5.
+    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([0.0]), ref, lp,
+                                              _settings(beta=0.1))[0].sum())(logps)
+    np.testing.assert_allclose(grad, [[0.05]], rtol=1e-5)
+
+
+def test_truncated_importance_weight():
+    logps = jnp.log(jnp.array([[0.3, 0.3]]))
+    rollout = jnp.log(jnp.array([[0.1, 0.2]]))  # pi_old / pi_rollout = 3 (capped to 2) and 1.5
+    loss, _ = per_token_loss(logps, logps, jnp.array([1.0]), logps, rollout, _settings(importance_sampling_cap=2.0))
+    np.testing.assert_allclose(loss, [[-2.0, -1.5]], rtol=1e-5)
+
+
+def test_policy_gradient_at_ratio_one_is_advantage_times_score():
+    logps = jnp.log(jnp.array([[0.5, 0.25]]))
+    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([2.0]), lp, lp,
+                                              _settings())[0].sum())(logps)
+    np.testing.assert_allclose(grad, [[-2.0, -2.0]], rtol=1e-6)
+
+
+def test_token_logps_and_entropy_with_temperature():
+    logits = jnp.array([[[0.0, math.log(3.0)]]])  # probs 1/4, 3/4 at temperature 1
+    logps, entropy = token_logps_and_entropy(logits, jnp.array([[1]]), temperature=1.0)
+    np.testing.assert_allclose(logps, [[math.log(0.75)]], rtol=1e-6)
+    np.testing.assert_allclose(entropy, [[-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]], rtol=1e-6)
+    logps_t2, _ = token_logps_and_entropy(logits, jnp.array([[1]]), temperature=2.0)
+    np.testing.assert_allclose(logps_t2, [[math.log(math.sqrt(3) / (1 + math.sqrt(3)))]], rtol=1e-6)

@@ -1,0 +1,80 @@
+"""The GRPO policy loss as pure JAX functions over [rows, completion tokens] arrays.
+
+The loss of a batch is sum(token_weight * per_token_loss). Token weights carry the normalisation
+of each loss type and are computed once over the whole (global) batch, so gradient accumulation
+over micro-batches sums to exactly the full-batch loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    loss_type: str  # grpo | dapo | dr_grpo
+    beta: float
+    kl_estimator: str  # k1 | k3
+    epsilon_low: float
+    epsilon_high: float
+    max_length: int  # completion tokens per row (Dr. GRPO's constant L_max)
+    importance_sampling_cap: float = 0.0  # 0: off
+
+
+def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: str) -> jax.Array:
+    """Per-token KL(pi || pi_ref) estimate on tokens sampled from pi: k1 = log(pi/pi_ref),
+    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (unbiased and non-negative)."""
+    if estimator == "k1":
+        return logps_NxC - ref_logps_NxC
+    log_ratio = ref_logps_NxC - logps_NxC
+    return jnp.exp(log_ratio) - log_ratio - 1.0
+
+
+def token_weights(mask_NxC: jax.Array, loss_type: str, max_length: int) -> jax.Array:
+    """grpo: 1/|o_i| per token, averaged over non-empty rows; dapo: 1/(all tokens); dr_grpo:
+    1/(rows x L_max)."""
+    mask = mask_NxC.astype(jnp.float32)
+    if loss_type == "dapo":
+        return mask / jnp.maximum(mask.sum(), 1.0)
+    if loss_type == "dr_grpo":
+        return mask / (mask.shape[0] * max_length)
+    lengths_N = mask.sum(axis=1, keepdims=True)
+    rows = jnp.maximum((lengths_N > 0).sum(), 1)
+    return mask / jnp.maximum(lengths_N, 1.0) / rows
+
+
+def per_token_loss(logps_NxC, old_logps_NxC, advantages_N, ref_logps_NxC, rollout_logps_NxC,
+                   settings: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """-min(r A, clip(r, 1-eps_low, 1+eps_high) A) [x truncated IS weight] + beta KL, per token.
+
+    ref_logps / rollout_logps are ignored when beta == 0 / importance sampling is off.
+    """
+    ratio = jnp.exp(logps_NxC - old_logps_NxC)
+    adv = advantages_N[:, None]
+    clipped_ratio = jnp.clip(ratio, 1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)
+    surrogate = jnp.minimum(ratio * adv, clipped_ratio * adv)
+    if settings.importance_sampling_cap > 0:
+        is_weight = jnp.minimum(jnp.exp(old_logps_NxC - rollout_logps_NxC), settings.importance_sampling_cap)
+        surrogate = surrogate * jax.lax.stop_gradient(is_weight)
+    loss = -surrogate
+    stats = {
+        "clip_low": ((ratio < 1.0 - settings.epsilon_low) & (adv < 0)).astype(jnp.float32),
+        "clip_high": ((ratio > 1.0 + settings.epsilon_high) & (adv > 0)).astype(jnp.float32),
+    }
+    if settings.beta > 0:
+        kl = kl_divergence(logps_NxC, ref_logps_NxC, settings.kl_estimator)
+        loss = loss + settings.beta * kl
+        stats["kl"] = kl
+    return loss, stats
+
+
+def token_logps_and_entropy(logits_NxCxV: jax.Array, tokens_NxC: jax.Array,
+                            temperature: float) -> tuple[jax.Array, jax.Array]:
+    """log pi(token) and the entropy of the temperature-scaled distribution the sampler drew from."""
+    logp_NxCxV = jax.nn.log_softmax(logits_NxCxV.astype(jnp.float32) / temperature, axis=-1)
+    token_logps = jnp.take_along_axis(logp_NxCxV, tokens_NxC[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_NxCxV) * logp_NxCxV, axis=-1)
+    return token_logps, entropy

@@ -1,0 +1,63 @@
+"""From the config's model_path to a Flax module and host parameters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from trainer.config import ConfigError, ModelSection
+from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from trainer.model.weights import load_params
+
+TINY_RANDOM = "tiny-random"
+_HF_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"]
+
+
+def _build_tiny_model(target: Path) -> Path:
+    """Write the factory's tiny model once; concurrent processes race to an atomic rename."""
+    from trainer.testing.make_tiny_model import make_tiny_model
+
+    if (target / "config.json").exists():
+        return target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=target.parent))
+    make_tiny_model(staging, seed=0)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process got there first; its folder is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target.absolute()
+
+
+def resolve_model_dir(model_path: str, out_dir: str) -> Path:
+    """A local folder as is; tiny-random built under out_dir; anything else a hub id, downloaded."""
+    if model_path == TINY_RANDOM:
+        return _build_tiny_model(Path(out_dir) / "tiny-model")
+    path = Path(model_path)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model_path: expected a folder with config.json, received {model_path!r}")
+        return path.absolute()
+    if path.is_absolute() or model_path.startswith("."):
+        raise ConfigError(f"model_path: expected an existing folder or a hub id, received {model_path!r}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_path, allow_patterns=_HF_FILES))
+
+
+def compute_dtype(name: str, platform: str):
+    if name == "auto":
+        return jnp.bfloat16 if platform == "tpu" else jnp.float32
+    return jnp.dtype(name)
+
+
+def build_model(model_dir: Path, section: ModelSection, platform: str) -> tuple[Qwen2ForCausalLM, dict]:
+    config = Qwen2Config.from_dir(model_dir)
+    param_dtype = jnp.dtype(section.param_dtype)
+    model = Qwen2ForCausalLM(config, dtype=compute_dtype(section.dtype, platform), param_dtype=param_dtype,
+                             remat=section.remat)
+    return model, load_params(model_dir, config, param_dtype)

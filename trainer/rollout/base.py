@@ -1,0 +1,50 @@
+"""The rollout backend interface: prompts in, completions out; weights pushed after each update."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import numpy as np
+
+from trainer.sampling import SamplingSettings
+
+
+@dataclasses.dataclass
+class RolloutOutput:
+    """Completions for this process's rows, padded to the run's fixed completion length."""
+
+    completion_ids_NxC: np.ndarray  # int32, pad after the stop token
+    completion_mask_NxC: np.ndarray  # int32, 1 on generated tokens (stop token included)
+    logprobs_NxC: np.ndarray | None  # float32 log-probs from the backend (0 where masked), if it has them
+
+    @property
+    def lengths_N(self) -> np.ndarray:
+        return self.completion_mask_NxC.sum(axis=1)
+
+
+class RolloutBackend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def generate(self, prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.ndarray, settings: SamplingSettings,
+                 seed: int) -> RolloutOutput:
+        """Completions for left-padded prompts (this process's rows)."""
+
+    @abc.abstractmethod
+    def push_weights(self, params) -> None:
+        """Make the next generate use these trainer parameters."""
+
+    def shutdown(self) -> None:
+        """Release whatever the backend started; safe to call twice."""
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in backend-specific phases since the last call (e.g. weight push)."""
+        return {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        return False

@@ -1,0 +1,92 @@
+"""The built-in JAX sampler: prefill a left-padded prompt bucket into a KV cache, then decode with fixed
+shapes in a `lax.while_loop` that stops once every row has produced a stop token.
+
+Log-probs are those of the temperature-scaled distribution before top-k / top-p truncation, the
+same quantity the trainer computes (and sglang-jax returns); greedy rows use temperature 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = -1
+    top_p: float = 1.0
+
+
+def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Set logits outside the top-k and outside the smallest top-p nucleus to -inf."""
+    neg_inf = jnp.finfo(logits_NxV.dtype).min
+    if top_k > 0:
+        kth = jax.lax.top_k(logits_NxV, top_k)[0][:, -1:]
+        logits_NxV = jnp.where(logits_NxV < kth, neg_inf, logits_NxV)
+    if top_p >= 1.0:
+        return logits_NxV  # no sort over the vocabulary in every decode step
+    sorted_desc = jnp.sort(logits_NxV, axis=-1)[:, ::-1]
+    probs_desc = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs_desc, axis=-1) - probs_desc
+    kept = mass_before < top_p  # the first token is always kept
+    threshold = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_NxV < threshold, neg_inf, logits_NxV)
+
+
+def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int):
+    """Next tokens and their log-probs under the temperature-scaled, untruncated distribution."""
+    greedy = temperature <= 0
+    scaled = logits_NxV / jnp.where(greedy, 1.0, temperature)
+    sampled = jax.random.categorical(rng, truncate_logits(scaled, top_k, top_p), axis=-1)
+    tokens = jnp.where(greedy, jnp.argmax(logits_NxV, axis=-1), sampled).astype(jnp.int32)
+    logps = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    return tokens, logps
+
+
+def prompt_positions(prompt_mask_NxP: jax.Array) -> jax.Array:
+    """Positions counting real tokens only, so left padding does not shift RoPE."""
+    return jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id"))
+def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, *,
+             max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int):
+    """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
+    and per-token log-probs (0 where masked)."""
+    n, p = prompt_ids_NxP.shape
+    c = max_new_tokens
+    cache = KVCache.zeros(model.config, n, p + c, model.dtype)
+    key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
+    logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP),
+                                key_valid_NxS, cache, 0, logits_last_n=1)
+    lengths_N = prompt_mask_NxP.sum(axis=1).astype(jnp.int32)
+    stop_ids_arr = jnp.asarray(stop_ids, jnp.int32)
+
+    def cond(state):
+        t, _, _, _, _, _, done_N, _ = state
+        return (t < c) & ~jnp.all(done_N)
+
+    def body(state):
+        t, cache, last_logits, ids, mask, logps, done_N, rng = state
+        rng, step_rng = jax.random.split(rng)
+        token_N, logp_N = sample_next(last_logits, step_rng, temperature, top_p, top_k)
+        live_N = ~done_N
+        ids = ids.at[:, t].set(jnp.where(live_N, token_N, pad_id))
+        mask = mask.at[:, t].set(live_N.astype(jnp.int32))
+        logps = logps.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
+        done_N = done_N | jnp.isin(token_N, stop_ids_arr)
+        step_logits, cache = model.apply({"params": params}, token_N[:, None], (lengths_N + t)[:, None],
+                                         key_valid_NxS, cache, p + t)
+        return t + 1, cache, step_logits[:, 0], ids, mask, logps, done_N, rng
+
+    state = (jnp.int32(0), cache, logits[:, 0], jnp.full((n, c), pad_id, jnp.int32), jnp.zeros((n, c), jnp.int32),
+             jnp.zeros((n, c), jnp.float32), jnp.zeros((n,), bool), rng)
+    _, _, _, ids, mask, logps, _, _ = jax.lax.while_loop(cond, body, state)
+    return ids, mask, logps

@@ -1,0 +1,160 @@
+"""The jitted update: micro-batch gradient accumulation with `lax.scan`, then one optax step.
+
+The state is donated, so parameters and optimizer moments are updated in place. Every array has a
+fixed shape ([rows, prompt bucket] and [rows, new tokens]) so the step compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from trainer import sharding
+from trainer.config import OptimSection
+from trainer.losses import LossSettings, per_token_loss, token_logps_and_entropy, token_weights
+from trainer.model.qwen2 import Qwen2ForCausalLM
+from trainer.sampling import prompt_positions
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    prompt_ids_NxP: jax.Array
+    prompt_mask_NxP: jax.Array
+    completion_ids_NxC: jax.Array
+    loss_mask_NxC: jax.Array  # generated tokens that count in the loss
+    advantages_N: jax.Array
+    old_logps_NxC: jax.Array  # used when num_iterations > 1
+    ref_logps_NxC: jax.Array  # used when beta > 0
+    rollout_logps_NxC: jax.Array  # used when importance sampling is on
+
+
+def learning_rate_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else optim.learning_rate, peak_value=optim.learning_rate,
+        warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        end_value=optim.learning_rate * optim.min_lr_ratio)
+
+
+def make_optimizer(optim: OptimSection, total_updates: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(optim, total_updates)
+    if optim.name == "lion":
+        update = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+    else:
+        update = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+    if optim.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), update)
+    return update
+
+
+def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
+                     temperature: float):
+    """log pi(completion token) and entropy per completion position, from one forward of the whole row."""
+    c = completion_ids_NxC.shape[1]
+    tokens = jnp.concatenate([prompt_ids_NxP, completion_ids_NxC], axis=1)
+    lengths_N = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
+    positions = jnp.concatenate([prompt_positions(prompt_mask_NxP), lengths_N + jnp.arange(c)], axis=1)
+    key_valid = jnp.concatenate([prompt_mask_NxP, jnp.ones_like(completion_ids_NxC)], axis=1)
+    logits, _ = model.apply({"params": params}, tokens, positions, key_valid, logits_last_n=c + 1)
+    return token_logps_and_entropy(logits[:, :-1], completion_ids_NxC, temperature)
+
+
+def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float):
+    """Jitted log-probs of completions under given params (old / reference policies)."""
+
+    @jax.jit
+    def logps_fn(params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC):
+        logps, _ = completion_logps(model, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
+                                    temperature)
+        return jax.lax.with_sharding_constraint(logps, sharding.row_sharding(mesh, 2))
+
+    return logps_fn
+
+
+def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
+    """[N, ...] -> [num_micro, N/num_micro, ...] taking rows num_micro apart, so each device keeps its
+    own rows (rows are sharded in contiguous blocks)."""
+    rows = x.shape[0] // num_micro
+    return jnp.swapaxes(x.reshape(rows, num_micro, *x.shape[1:]), 0, 1)
+
+
+def _loss_fn(params, micro: TrainBatch, weights_NxC, model, settings: LossSettings, temperature: float,
+             use_old_logps: bool):
+    logps, entropy = completion_logps(model, params, micro.prompt_ids_NxP, micro.prompt_mask_NxP,
+                                      micro.completion_ids_NxC, temperature)
+    old = micro.old_logps_NxC if use_old_logps else jax.lax.stop_gradient(logps)
+    per_token, stats = per_token_loss(logps, old, micro.advantages_N, micro.ref_logps_NxC,
+                                      micro.rollout_logps_NxC, settings)
+    mask = micro.loss_mask_NxC
+    sums = {name: jnp.sum(value * mask) for name, value in stats.items()}
+    sums["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * mask)
+    return jnp.sum(per_token * weights_NxC), sums
+
+
+def stat_names(settings: LossSettings) -> tuple[str, ...]:
+    """Per-token statistics the loss sums over the loss mask (see _loss_fn)."""
+    return ("clip_low", "clip_high", "entropy") + (("kl",) if settings.beta > 0 else ())
+
+
+def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransformation, settings: LossSettings,
+                    num_micro: int, temperature: float, use_old_logps: bool, state_shardings, mesh: Mesh):
+    loss_and_grad = jax.value_and_grad(
+        functools.partial(_loss_fn, model=model, settings=settings, temperature=temperature,
+                          use_old_logps=use_old_logps), has_aux=True)
+
+    def train_step(state: TrainState, batch: TrainBatch):
+        weights_NxC = token_weights(batch.loss_mask_NxC, settings.loss_type, settings.max_length)
+        micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro), (batch, weights_NxC))
+
+        def accumulate(carry, micro):
+            grads, loss, sums = carry
+            (micro_loss, micro_sums), micro_grads = loss_and_grad(state.params, *micro)
+            return (jax.tree.map(jnp.add, grads, micro_grads), loss + micro_loss,
+                    jax.tree.map(jnp.add, sums, micro_sums)), None
+
+        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0),
+                {name: jnp.float32(0.0) for name in stat_names(settings)})
+        (grads, loss, sums), _ = jax.lax.scan(accumulate, init, micro_batches)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        tokens = jnp.maximum(batch.loss_mask_NxC.sum(), 1.0)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics |= {name: value / tokens for name, value in sums.items()}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+
+def init_state(params, optimizer: optax.GradientTransformation, mesh: Mesh):
+    """A TrainState on the mesh and the shardings to keep it there."""
+    abstract = jax.eval_shape(lambda p: TrainState(jnp.int32(0), p, optimizer.init(p)), params)
+    shardings = sharding.tree_shardings(abstract, mesh)
+    state = jax.jit(lambda p: TrainState(jnp.int32(0), p, optimizer.init(p)), out_shardings=shardings)(params)
+    return state, shardings
+
+
+def loss_settings(train, max_length: int) -> LossSettings:
+    return LossSettings(loss_type=train.loss_type, beta=train.beta, kl_estimator=train.kl_estimator,
+                        epsilon_low=train.epsilon_low, epsilon_high=train.epsilon_high, max_length=max_length,
+                        importance_sampling_cap=train.importance_sampling_cap)
+
+
+def batch_from_host(host: dict, mesh: Mesh) -> TrainBatch:
+    """A TrainBatch of global arrays from this process's rows (numpy)."""
+    return TrainBatch(**{field.name: sharding.global_rows(host[field.name], mesh)
+                         for field in dataclasses.fields(TrainBatch)})
