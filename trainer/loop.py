@@ -283,7 +283,9 @@ class GRPOLoop:
         self.checkpointer.save(p.step, self.state, p.rng_key, {"step": p.step, "data_position": p.data_position})
 
     def exit_if_stopped(self, stop: StopSignal) -> None:
-        if stop.requested:
+        # All processes take the same branch: saving is collective, so one host saving while
+        # another starts the next step would deadlock a pod. SIGTERM reaches hosts at different times.
+        if sharding.gather_to_all(np.array([stop.requested])).any():
             self.save_checkpoint()
             self.out(f"SIGTERM: saved checkpoint {self.position.step} in {self.checkpointer.directory}; exiting")
             raise Terminated()

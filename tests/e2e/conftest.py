@@ -1,0 +1,95 @@
+"""The simulated TPU VM of the README demo, with the real trainer installed on its "VM" side."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("sgl_jax")
+
+from tpuctl.sim.demo import REPO_ROOT, build_tiny_model, prepare_project, smoke_command  # noqa: E402
+from tpuctl.sim.vm import SimTpuVm  # noqa: E402
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class SimProject:
+    vm: SimTpuVm
+    folder: Path
+    model: Path
+
+    def tpuctl(self, *args: str, timeout: float = 600) -> Ran:
+        """The real CLI in its own process, run from the project folder as a user would."""
+        done = subprocess.run([sys.executable, "-m", "tpuctl", *args], cwd=self.folder, capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    def log(self, index: int, name: str) -> str:
+        return self.vm.remote(index, f"~/repo/logs/{name}_latest.log").read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def committed_repo(tmp_path_factory) -> Path:
+    """This checkout with its uncommitted changes committed, so the VM runs the code under test."""
+    copy = tmp_path_factory.mktemp("repo") / "checkout"
+    subprocess.run(["git", "clone", "--quiet", "--no-local", str(REPO_ROOT), str(copy)], check=True)
+    tracked_changes = subprocess.run(["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--binary"], check=True,
+                                     capture_output=True).stdout
+    if tracked_changes:
+        subprocess.run(["git", "-C", str(copy), "apply", "--binary", "-"], input=tracked_changes, check=True)
+    untracked = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "--others", "--exclude-standard", "-z"],
+                               check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, untracked):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes((REPO_ROOT / name).read_bytes())
+    subprocess.run(["git", "-C", str(copy), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(copy), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit",
+                    "--quiet", "--allow-empty", "-m", "under test"], check=True)
+    return copy
+
+
+def make_sim_project(root: Path, workers: int, repo: Path, model: Path) -> tuple[SimTpuVm, Path]:
+    vm = SimTpuVm(root / "vm", workers=workers).__enter__()
+    return vm, prepare_project(vm, root / "project", repo, smoke_command(model))
+
+
+@pytest.fixture
+def sim_vm(tmp_path, committed_repo, tiny_model, monkeypatch):
+    """A one-worker simulated TPU VM (a v4-8) and a project folder targeting it."""
+    monkeypatch.setenv("TPUCTL_KNOWN_TPUS", str(tmp_path / "known_tpus.json"))
+    vm, folder = make_sim_project(tmp_path, 1, committed_repo, tiny_model)
+    yield SimProject(vm, folder, tiny_model)
+    vm.__exit__()
+
+
+@pytest.fixture(scope="module")
+def sim_pod(tmp_path_factory, committed_repo, tiny_model):
+    """A two-worker simulated pod slice, synced once for the module's tests."""
+    root = tmp_path_factory.mktemp("pod")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TPUCTL_KNOWN_TPUS", str(root / "known_tpus.json"))
+        vm, folder = make_sim_project(root, 2, committed_repo, tiny_model)
+        project = SimProject(vm, folder, tiny_model)
+        try:
+            synced = project.tpuctl("sync")
+            assert synced.code == 0, synced.err
+            yield project
+        finally:
+            vm.__exit__()
