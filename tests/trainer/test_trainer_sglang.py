@@ -6,13 +6,14 @@ import math
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import psutil
 import pytest
-from trainer_testlib import step_lines, subprocess_env
+from trainer_testlib import step_lines, subprocess_env, wandb_history
 
 from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
@@ -139,6 +140,19 @@ def test_engine_logprobs_match_the_trainer_after_a_normal_push(engine):
     assert np.abs(np.asarray(original)[valid] - out.logprobs_NxC[valid]).max() > 100 * LOGPROB_TOLERANCE
 
 
+def test_an_idle_engine_does_not_spin_a_core(engine):
+    backend, _, params, tokenizer = engine
+    backend.push_weights(params)
+    ids, mask = _prompts(tokenizer, 4)
+    backend.generate(ids, mask, SamplingSettings(4, temperature=1.0), seed=0)
+    process = psutil.Process()
+    before = process.cpu_times()
+    time.sleep(2.0)
+    after = process.cpu_times()
+    busy = (after.user - before.user) + (after.system - before.system)
+    assert busy < 0.5, f"{busy:.2f} CPU seconds in 2 s of idling"  # a polling loop would use ~2.0
+
+
 def test_a_push_does_not_recompile_the_engine(engine):
     backend, model, params, tokenizer = engine
     ids, mask = _prompts(tokenizer, 16)
@@ -168,7 +182,7 @@ def test_engine_sizes_come_from_the_run(tiny_model_dir):
     engine = resolve_engine_section(dataclasses.replace(config, model=dataclasses.replace(config.model,
                                                                                           dtype="float32")),
                                     Qwen2Config.from_dir(tiny_model_dir), CPU)
-    assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (128, 8, 8 * 129)
+    assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (129, 8, 8 * 130)
     assert (engine.dtype, engine.kv_cache_dtype, engine.tp_size, engine.attention_backend) == (
         "float32", "float32", 1, "native")
     assert engine.precompile_bs_paddings == [2, 4, 8] and engine.chunked_prefill_size == 800
@@ -176,7 +190,7 @@ def test_engine_sizes_come_from_the_run(tiny_model_dir):
 
 @pytest.mark.parametrize("assignment, message", [
     ("rollout.sglang.max_total_tokens=30", "rollout.sglang.max_total_tokens: expected at least one request's "
-                                           "context of 38 tokens, received 30"),
+                                           "context of 39 tokens, received 30"),
     ("rollout.sglang.context_length=20", "rollout.sglang.context_length: expected at least"),
     ("rollout.sglang.max_running_requests=1", "rollout.sglang.max_running_requests: expected at least 2"),
     ("rollout.sglang.max_total_tokens=4000000000", "rollout.sglang.max_total_tokens: expected a KV pool that fits"),
@@ -215,24 +229,61 @@ def test_match_heads_pads_head_dim_and_repeats_kv_heads():
 # --- whole runs ----------------------------------------------------------------------------------------
 
 
+def test_an_exception_in_the_loop_still_shuts_the_engine_down(tmp_path, tiny_model_dir):
+    from trainer.loop import train
+    from trainer.rollout import make_backend
+
+    config = _tiny_config(tiny_model_dir, "steps=3", f"out_dir={tmp_path / 'run'}", "rollout.batch_size=2",
+                          "rollout.num_pre_q=4", "train.micro_batch_size=8")
+    backends = []
+
+    def failing_on_step_1(*args):
+        backend = make_backend(*args)
+        real_generate, calls = backend.generate, []
+
+        def generate(*generate_args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("rollout failed")
+            return real_generate(*generate_args, **kwargs)
+
+        backend.generate = generate
+        backends.append(backend)
+        return backend
+
+    with pytest.raises(RuntimeError, match="rollout failed"):
+        train(config, start(config), failing_on_step_1, out=lambda line: None)
+    assert isinstance(backends[0], SglangJaxBackend) and backends[0].engine is None
+
+
 def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_model_dir):
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=3",
             "--set", f"out_dir={tmp_path / 'run'}"]
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=subprocess_env(),
+    env = subprocess_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
+    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, children_during_run = [], None
     for line in child.stdout:
         lines.append(line)
         if line.startswith("step=1 "):
             children_during_run = psutil.Process(child.pid).children(recursive=True)
+            commands = [" ".join(p.cmdline()) for p in children_during_run]
     _, stderr = child.communicate(timeout=600)
     stdout = "".join(lines)
     assert child.returncode == 0, stderr[-3000:]
     assert "\nrollout:\n  backend: sglang_jax\n" in stdout
-    assert "    max_total_tokens: 4992\n" in stdout and "    attention_backend: native\n" in stdout
+    assert "    max_total_tokens: 5120\n" in stdout  # 128 rows x (32 + 6 + 1 context + 1 page) and "    attention_backend: native\n" in stdout
     assert [m.group(1) for m in step_lines(stdout)] == ["0", "1", "2"]
-    assert children_during_run == []  # single-process mode: scheduler and detokenizer are threads
+    # Single-process mode: the scheduler and detokenizer are threads. The only child is W&B's service,
+    # and nothing the run started outlives it.
+    assert not [c for c in commands if "multiprocessing" in c or "sgl" in c], commands
+    assert not [p for p in children_during_run if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert "Traceback" not in stderr
+    rows, exit_code = wandb_history(tmp_path / "wandb-dir")
+    assert exit_code == 0 and len(rows) == 3
+    for row in rows:
+        assert row["rollout/logprob_mismatch_mean"] < LOGPROB_TOLERANCE
+        assert row["time/engine_weight_push_s"] > 0 and row["time/weight_push_s"] > 0
 
 
 def test_sigterm_with_the_engine_running_saves_and_exits(tmp_path, tiny_model_dir):

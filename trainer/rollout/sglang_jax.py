@@ -15,6 +15,7 @@ the weights by up to 0.5 nats, so it is off unless rollout.sglang.overlap_schedu
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import signal
@@ -66,11 +67,12 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
     """Engine settings with every auto / 0 value sized from this run; impossible sizes fail here."""
     s, rollout = config.rollout.sglang, config.rollout
     rows = config.rows // runtime.process_count
-    needed_context = rollout.global_length + rollout.max_length_sample
+    # The engine rejects a request whose prompt + max_new_tokens reaches context_length.
+    needed_context = rollout.global_length + rollout.max_length_sample + 1
     context = s.context_length or needed_context
     if context < needed_context:
         raise ConfigError(f"rollout.sglang.context_length: expected at least rollout.global_length + "
-                          f"rollout.max_length_sample = {needed_context}, received {context}")
+                          f"rollout.max_length_sample + 1 = {needed_context}, received {context}")
     running = s.max_running_requests or max(rows, 2)
     if running < 2:
         raise ConfigError(f"rollout.sglang.max_running_requests: expected at least 2 (sglang-jax "
@@ -178,6 +180,19 @@ def engine_tensors(params: dict, config: Qwen2Config, ours: HeadLayout, engine: 
     return tensors
 
 
+def _sleep_when_idle(scheduler, seconds: float = 0.001) -> None:
+    """Without a comm backend (single-process mode) the 0.1.0rc0 scheduler thread polls its sockets in
+    a tight loop and burns a whole core between rollouts, which the update phase needs. Its idle hook
+    gets a 1 ms sleep (server_args.sleep_on_idle exists but nothing reads it)."""
+    idle = scheduler.on_idle
+
+    def on_idle():
+        idle()
+        time.sleep(seconds)
+
+    scheduler.on_idle = on_idle
+
+
 def _state_path(path) -> tuple:
     """('model', 'layers', 0, 'mlp', ...) from a pytree path of the engine's nnx state, without the
     trailing `.value` of the Param."""
@@ -204,12 +219,16 @@ class SglangJaxBackend(RolloutBackend):
         # The first generate installs a native (absl) SIGTERM handler that aborts the process; letting
         # it happen now, before the loop installs its own handler, keeps SIGTERM a clean checkpoint-and-exit.
         self.engine.generate(input_ids=[[self.pad_id], [self.pad_id]], sampling_params={"max_new_tokens": 1})
-        self.runner = self.engine.scheduler_info["scheduler"].tp_worker.worker.model_runner
+        scheduler = self.engine.scheduler_info["scheduler"]
+        self.runner = scheduler.tp_worker.worker.model_runner
+        _sleep_when_idle(scheduler)
         attn = self.runner.model.model.layers[0].self_attn
         self.engine_heads = HeadLayout(attn.q_head_num, attn.kv_head_num, attn.head_dim)
         self.our_heads = HeadLayout(model_config.num_attention_heads, model_config.num_key_value_heads,
                                     model_config.head_dim)
         self._push_s = 0.0
+        self._convert = None  # built on the first push, when the params' shardings are known
+        self._target_indices: list[int] = []
 
     def generate(self, prompt_ids_NxP, prompt_mask_NxP, settings: SamplingSettings, seed: int) -> RolloutOutput:
         prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(prompt_ids_NxP, prompt_mask_NxP)]
@@ -237,29 +256,49 @@ class SglangJaxBackend(RolloutBackend):
         from flax import nnx
 
         start = time.perf_counter()
-        tensors = engine_tensors(params, self.model_config, self.our_heads, self.engine_heads)
-        state = nnx.state(self.runner.model)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+        if self._convert is None:
+            self._convert = self._make_converter(params)
         leaves = list(self.runner.model_state_leaves)
-        pushed = 0
-        for index, (path, _) in enumerate(flat):
-            key = _state_path(path)
-            if key in tensors:
-                old = leaves[index]
-                leaves[index] = jax.device_put(tensors[key].astype(old.dtype), old.sharding)
-                pushed += 1
-        if pushed != len(tensors):
-            raise RuntimeError(f"weight push: {pushed} of {len(tensors)} tensors found in the engine's state")
+        for index, value in zip(self._target_indices, self._convert(params)):
+            leaves[index] = value
         jax.block_until_ready(leaves)
-        nnx.update(self.runner.model, jax.tree_util.tree_unflatten(treedef, leaves))
-        self.runner.model_state_leaves = leaves
+        self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
+        nnx.update(self.runner.model, jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves))
         self._push_s += time.perf_counter() - start
+
+    def _make_converter(self, params):
+        """One jitted function from trainer params to the engine's leaves (layout, dtype, sharding), so a
+        push is a single dispatch. Leaves are matched by path through the treedef the engine's forward
+        was compiled with."""
+        mapped = jax.eval_shape(lambda p: engine_tensors(p, self.model_config, self.our_heads, self.engine_heads),
+                                params)
+        leaves = self.runner.model_state_leaves
+        state = jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves)
+        targets = [(i, _state_path(path)) for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0])
+                   if _state_path(path) in mapped]
+        if len(targets) != len(mapped):
+            raise RuntimeError(f"weight push: {len(targets)} of {len(mapped)} tensors found in the engine's state")
+        self._target_indices = [i for i, _ in targets]
+        dtypes = [leaves[i].dtype for i in self._target_indices]
+
+        def convert(p):
+            tensors = engine_tensors(p, self.model_config, self.our_heads, self.engine_heads)
+            return [tensors[key].astype(dtype) for (_, key), dtype in zip(targets, dtypes)]
+
+        return jax.jit(convert, out_shardings=[leaves[i].sharding for i in self._target_indices])
 
     def timings(self) -> dict[str, float]:
         push_s, self._push_s = self._push_s, 0.0
         return {"time/engine_weight_push_s": push_s}
 
     def shutdown(self) -> None:
-        if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
+        """Engine.shutdown minus its kill_process_tree: in single-process mode the engine has no child
+        processes, and that call would SIGKILL every other child of the trainer (W&B's service)."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return
+        atexit.unregister(engine.shutdown)
+        if engine.tokenizer_manager is not None:
+            engine.tokenizer_manager.shutdown()
+        if engine.send_to_rpc is not None:
+            engine.send_to_rpc.close()
