@@ -81,7 +81,7 @@ class SglangSection:
     context_length: int = 0  # 0: prompt bucket + new tokens
     dtype: str = "auto"  # auto: model.dtype
     kv_cache_dtype: str = "auto"  # auto, bf16 (sglang-jax's spelling), float32
-    tp_size: int = 1
+    tp_size: int = 0  # 0: 1 on CPU, every local chip on TPU
     page_size: int = 1
     max_running_requests: int = 0  # 0: rows per process
     chunked_prefill_size: int = 0  # 0: rows per process x prompt bucket
@@ -90,13 +90,14 @@ class SglangSection:
     precompile_token_paddings: list[int] = dataclasses.field(default_factory=list)
     precompile_bs_paddings: list[int] = dataclasses.field(default_factory=list)
     disable_radix_cache: bool = True  # GRPO prompts repeat only within a group; weights change every step
+    overlap_schedule: bool = False  # 0.1.0rc0's overlap scheduler races on CPU (see rollout/sglang_jax.py)
 
     def __post_init__(self):
         if not 0.0 <= self.mem_fraction_static < 1.0:
             _fail("rollout.sglang.mem_fraction_static", "a number in [0, 1)", self.mem_fraction_static)
         for key in ("max_total_tokens", "context_length", "max_running_requests", "chunked_prefill_size"):
             _non_negative(f"rollout.sglang.{key}", getattr(self, key))
-        _positive_int("rollout.sglang.tp_size", self.tp_size)
+        _non_negative("rollout.sglang.tp_size", self.tp_size)
         _positive_int("rollout.sglang.page_size", self.page_size)
         _one_of("rollout.sglang.dtype", self.dtype, DTYPES)
         _one_of("rollout.sglang.kv_cache_dtype", self.kv_cache_dtype, ("auto", "bf16", "float32"))

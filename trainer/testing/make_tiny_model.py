@@ -57,12 +57,12 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
 
 
 def hf_config(vocab_size: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-              tie: bool, eos_id: int, pad_id: int) -> dict:
+              head_dim: int, tie: bool, eos_id: int, pad_id: int) -> dict:
     return {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
         "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": intermediate,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "head_dim": 128, "max_position_embeddings": 2048, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "head_dim": head_dim, "max_position_embeddings": 2048, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
         "tie_word_embeddings": tie, "torch_dtype": "float32", "use_sliding_window": False,
         "bos_token_id": pad_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "attention_bias": True,
     }
@@ -113,14 +113,16 @@ def save_safetensors(tensors: dict[str, np.ndarray], out_dir: Path, num_shards: 
 
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 512, hidden_size: int = 64,
                     intermediate_size: int = 128, num_layers: int = 2, num_heads: int = 2,
-                    num_kv_heads: int = 1, tie_word_embeddings: bool = True, num_shards: int = 1) -> Path:
-    """Write the tiny model folder and return its absolute path."""
+                    num_kv_heads: int = 1, head_dim: int = 128, tie_word_embeddings: bool = True,
+                    num_shards: int = 1) -> Path:
+    """Write the tiny model folder and return its absolute path (head_dim other than 128 exercises
+    sglang-jax's padding)."""
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(vocab_size)
     eos_id, pad_id = tok.token_to_id(IM_END), tok.token_to_id(PAD)
     config = hf_config(vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
-                       tie_word_embeddings, eos_id, pad_id)
+                       head_dim, tie_word_embeddings, eos_id, pad_id)
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     (out_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos_id, pad_id]}))
     save_safetensors(random_hf_tensors(config, seed), out_dir, num_shards)
