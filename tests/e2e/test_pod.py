@@ -38,7 +38,7 @@ def states(pod, name):
 
 
 def test_launch_on_all_workers_forms_one_jax_job(sim_pod):
-    launched = sim_pod.tpuctl("launch", "--name", "pod", "--", *CPU_TINY, "--set", "steps=3")
+    launched = sim_pod.tpuctl("launch", "--name", "pod", "--", *CPU_TINY, "--set", "steps=3", *bucket(sim_pod, "pod"))
     assert launched.code == 0, launched.err
     followed = sim_pod.tpuctl("tail", "--name", "pod", "--until-exit", "-n", "0")
     assert followed.code == 0, followed.out[-3000:]
@@ -97,3 +97,14 @@ def test_a_worker_whose_sshd_is_down_is_one_clear_error_and_worker_0_still_answe
     assert result.code == 1
     assert "w1 failed" in result.err and "connection refused" in result.err
     assert "exited 0" in result.out  # worker 0's run is still reported
+
+
+def test_a_checkpoint_folder_the_hosts_do_not_share_is_refused_at_start(sim_pod):
+    """Each worker's own disk cannot hold a pod's checkpoints: a clear error instead of a hang at the first save."""
+    assert sim_pod.tpuctl("launch", "--name", "local-ckpt", "--", *CPU_TINY, "--set", "steps=2").code == 0
+    followed = sim_pod.tpuctl("tail", "--name", "local-ckpt", "--until-exit", "-n", "0", timeout=300)
+    assert followed.code == 2
+    for index in (0, 1):
+        log = sim_pod.log(index, "local-ckpt")
+        assert "config error: checkpoint.dir: expected a folder every host shares" in log
+        assert "process(es) 1 do not see what process 0 writes there" in log
