@@ -1,8 +1,11 @@
 # The two set-up commands of the README. Each sets up what it needs on a fresh machine first.
-.PHONY: setup test demo bench
+.PHONY: setup demo test bench
 
 setup:
 	scripts/setup.sh
+
+demo: setup
+	.venv/bin/python -m tpuctl.sim.demo
 
 test: setup
 	.venv/bin/python -m pytest
@@ -10,3 +13,6 @@ test: setup
 bench: setup
 	.venv/bin/python bench/cli_startup.py
 	.venv/bin/python bench/status_fanout.py
+	.venv/bin/python bench/trainer_sampler.py
+	.venv/bin/python bench/trainer_update.py
+	.venv/bin/python bench/rollout_sglang_vs_jax.py
