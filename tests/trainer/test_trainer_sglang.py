@@ -272,7 +272,8 @@ def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_
     stdout = "".join(lines)
     assert child.returncode == 0, stderr[-3000:]
     assert "\nrollout:\n  backend: sglang_jax\n" in stdout
-    assert "    max_total_tokens: 5120\n" in stdout  # 128 rows x (32 + 6 + 1 context + 1 page) and "    attention_backend: native\n" in stdout
+    assert "    max_total_tokens: 5120\n" in stdout  # 128 rows x (32 + 6 + 1 context + 1 page)
+    assert "    attention_backend: native\n" in stdout  # "auto" resolved for the CPU
     assert [m.group(1) for m in step_lines(stdout)] == ["0", "1", "2"]
     # Single-process mode: the scheduler and detokenizer are threads. The only child is W&B's service,
     # and nothing the run started outlives it.
