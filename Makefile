@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Each sets up what it needs on a fresh machine first.
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench lint
 
 setup:
 	scripts/setup.sh
@@ -16,3 +16,6 @@ bench: setup
 	.venv/bin/python bench/trainer_sampler.py
 	.venv/bin/python bench/trainer_update.py
 	.venv/bin/python bench/rollout_sglang_vs_jax.py
+
+lint: setup
+	.venv/bin/ruff check tpuctl trainer tests bench

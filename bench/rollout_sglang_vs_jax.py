@@ -81,7 +81,7 @@ def main() -> None:
     with SglangJaxBackend(config, model.config, runtime, tokenizer, model_dir) as engine:
         pushes = []
         for scale in (1.0, 1.01, 1.02, 1.03, 1.04):
-            scaled = jax.block_until_ready(jax.tree.map(lambda x: x * scale, params))
+            scaled = jax.block_until_ready(jax.tree.map(lambda x, s=scale: x * s, params))
             start_s = time.perf_counter()
             engine.push_weights(scaled)
             pushes.append(time.perf_counter() - start_s)

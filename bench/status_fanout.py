@@ -50,7 +50,8 @@ def main() -> None:
             figures[f"status_{count}_workers_s"] = median_wall([sys.executable, "-m", "tpuctl", "status"], runs, folder)
     one, eight = figures["status_1_workers_s"], figures["status_8_workers_s"]
     print(json.dumps({"runs": runs, **{k: round(v, 4) for k, v in figures.items()},
-                      "status_8_over_1": round(eight / one, 2), "status_1_over_raw_ssh": round(one / figures["raw_ssh_true_s"], 2),
+                      "status_8_over_1": round(eight / one, 2),
+                      "status_1_over_raw_ssh": round(one / figures["raw_ssh_true_s"], 2),
                       "target_8_over_1": 1.3, "meets_target": eight / one <= 1.3}, indent=2))
 
 

@@ -118,7 +118,7 @@ class Target:
         _check(self.expect_backend in BACKENDS, "expect_backend", self.expect_backend, f"one of {', '.join(BACKENDS)}")
         _check(1 <= self.ssh_port <= 65535, "ssh_port", self.ssh_port, "a port from 1 to 65535")
         _check(_valid_template(self.proxy_command), "proxy_command", self.proxy_command,
-               "a command using only the placeholders " + " ".join("{%s}" % p for p in PROXY_PLACEHOLDERS))
+               "a command using only the placeholders " + " ".join(f"{{{p}}}" for p in PROXY_PLACEHOLDERS))
         _check(not self.tpu_api_endpoint or self.tpu_api_endpoint.startswith(("http://", "https://")),
                "tpu_api_endpoint", self.tpu_api_endpoint, "a URL such as https://tpu.googleapis.com")
 

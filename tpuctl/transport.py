@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -26,7 +25,6 @@ from tpuctl.config import Target
 from tpuctl.console import TpuctlError
 from tpuctl.workers import Worker
 
-T = TypeVar("T")
 CONNECT_ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 10.0
 
@@ -100,7 +98,7 @@ class ExecResult:
 
 
 @dataclass
-class Outcome(Generic[T]):
+class Outcome[T]:
     """One worker's result, or the error that stopped it; never both."""
 
     worker: Worker
@@ -210,7 +208,7 @@ class Session:
         for conn in conns:
             conn.close()
 
-    def each(self, workers: Sequence[Worker], work: Callable[[Worker], T]) -> list[Outcome[T]]:
+    def each[T](self, workers: Sequence[Worker], work: Callable[[Worker], T]) -> list[Outcome[T]]:
         """Run `work` on every worker in parallel; each worker's error is kept, none hides another."""
         def guarded(worker: Worker) -> Outcome[T]:
             try:

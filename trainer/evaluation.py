@@ -29,7 +29,7 @@ def evaluate(backend: RolloutBackend, tokenizer: ChatTokenizer, problems: list[P
                              tokenizer.pad_id)
         out = backend.generate(ids, mask, greedy, seed=0)
         texts = tokenizer.decode_completions(out.completion_ids_NxC, out.completion_mask_NxC)
-        local_scores = np.array([correctness_reward(t, p.answer, correctness_mode) for t, p in zip(texts, mine)],
+        local_scores = np.array([correctness_reward(t, p.answer, correctness_mode) for t, p in zip(texts, mine, strict=True)],
                                 np.float32)
         scores.extend(sharding.gather_to_all(local_scores)[:counted].tolist())
     return {"eval/pass@1": float(np.mean(scores)), "eval/num_problems": float(len(scores))}

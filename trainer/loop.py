@@ -25,8 +25,8 @@ import contextlib
 import dataclasses
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,15 @@ from trainer.rewards import score_completions
 from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
 from trainer.runtime import Runtime
 from trainer.sampling import SamplingSettings
-from trainer.train_step import (batch_from_host, init_state, learning_rate_schedule, loss_settings,
-                                make_logps_fn, make_optimizer, make_train_step)
+from trainer.train_step import (
+    batch_from_host,
+    init_state,
+    learning_rate_schedule,
+    loss_settings,
+    make_logps_fn,
+    make_optimizer,
+    make_train_step,
+)
 
 BackendFactory = Callable[..., RolloutBackend]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from math_verify import parse, verify
@@ -112,7 +112,7 @@ def score_completions(completions: list[str], golds: list[str], weights: dict[st
         if weight == 0:
             continue
         scores = np.zeros(len(completions), np.float32)
-        for i, (completion, gold) in enumerate(zip(completions, golds)):
+        for i, (completion, gold) in enumerate(zip(completions, golds, strict=True)):
             try:
                 scores[i] = functions[name](completion, gold)
             except Exception:  # one bad sample must not end a long run: it scores -1

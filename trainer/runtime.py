@@ -42,7 +42,7 @@ def _env_int(name: str, environ) -> int:
     try:
         return int(environ[name])
     except (KeyError, ValueError):
-        raise ConfigError(f"{name}: expected an integer in the environment, received {environ.get(name)!r}")
+        raise ConfigError(f"{name}: expected an integer in the environment, received {environ.get(name)!r}") from None
 
 
 def initialize_distributed(config: TrainerConfig, environ=os.environ) -> None:

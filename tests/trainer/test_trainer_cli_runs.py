@@ -89,7 +89,7 @@ def test_two_process_pod_on_cpu_matches_one_process(tmp_path):
                                                     JAX_NUM_CPU_DEVICES="2"))
                 for i in range(2)]
     outputs = [child.communicate(timeout=400) for child in children]
-    for child, (stdout, stderr) in zip(children, outputs):
+    for child, (_, stderr) in zip(children, outputs, strict=True):
         assert child.returncode == 0, stderr[-3000:]
     assert "num_cpu_devices: 2" in outputs[0][0]
     pod = [_step_values(stdout) for stdout, _ in outputs]
@@ -97,7 +97,7 @@ def test_two_process_pod_on_cpu_matches_one_process(tmp_path):
 
     single = run_trainer(args, cwd=tmp_path / "..", timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]
-    for (step, loss, entropy, reward), (step1, loss1, entropy1, reward1) in zip(pod[0], _step_values(single.stdout)):
+    for (step, loss, entropy, reward), (step1, loss1, entropy1, reward1) in zip(pod[0], _step_values(single.stdout), strict=True):
         assert (step, reward) == (step1, reward1)
         assert abs(float(loss) - float(loss1)) < 1e-5 and abs(float(entropy) - float(entropy1)) < 2e-4
 

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.data import (PromptStream, fitting_problems, gold_answer, left_pad, load_gsm8k,
-                          synthetic_arithmetic)
+from trainer.data import PromptStream, fitting_problems, gold_answer, left_pad, load_gsm8k, synthetic_arithmetic
 from trainer.model.tokenizer import ChatTokenizer
 
 

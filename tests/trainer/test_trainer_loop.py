@@ -138,13 +138,15 @@ def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(tmp_pa
     train(config_b, start(config_b), out=resumed.append)
 
     assert any(line.startswith("resumed from checkpoint 2 ") for line in resumed)
-    strip_dt = lambda lines: [line.rsplit(" dt=", 1)[0] for line in lines if line.startswith("step=")]
+    def strip_dt(lines):
+        return [line.rsplit(" dt=", 1)[0] for line in lines if line.startswith("step=")]
+
     assert strip_dt(crashed) == strip_dt(straight)[:3]
     assert strip_dt(resumed) == strip_dt(straight)[2:]  # step 2 runs again from the checkpoint
     step_a, params_a = _final_params(tmp_path / "a")
     step_b, params_b = _final_params(tmp_path / "b")
     assert step_a == step_b == 4
-    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from trainer.rewards import (correctness_reward, extract_boxed, extract_flexible, extract_strict, format_reward,
-                             score_completions, tag_count_reward)
+from trainer.rewards import (
+    correctness_reward,
+    extract_boxed,
+    extract_flexible,
+    extract_strict,
+    format_reward,
+    score_completions,
+    tag_count_reward,
+)
 
 
 @pytest.mark.parametrize("completion, gold, mode, expected", [

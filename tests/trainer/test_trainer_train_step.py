@@ -2,7 +2,6 @@
 and the optimizers' first steps."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -11,8 +10,15 @@ from trainer.config import OptimSection, TrainSection
 from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from trainer.model.weights import load_params
 from trainer.sharding import make_mesh, put_tree, tree_shardings
-from trainer.train_step import (TrainBatch, batch_from_host, init_state, learning_rate_schedule, loss_settings,
-                                make_optimizer, make_train_step)
+from trainer.train_step import (
+    TrainBatch,
+    batch_from_host,
+    init_state,
+    learning_rate_schedule,
+    loss_settings,
+    make_optimizer,
+    make_train_step,
+)
 
 ROWS, PROMPT, NEW = 8, 6, 5
 
@@ -58,7 +64,7 @@ def test_micro_batch_accumulation_equals_full_batch(setup, loss_type):
     _, full, full_metrics, _, _ = _step(setup, sgd, 1, train)
     _, accumulated, acc_metrics, _, _ = _step(setup, sgd, 4, train)
     full_delta, acc_delta = _delta(setup[1], full), _delta(setup[1], accumulated)
-    for a, b in zip(jax.tree.leaves(full_delta), jax.tree.leaves(acc_delta)):
+    for a, b in zip(jax.tree.leaves(full_delta), jax.tree.leaves(acc_delta), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-4)
     assert max(np.abs(x).max() for x in jax.tree.leaves(full_delta)) > 1e-4  # a real gradient flowed
     for key in ("loss", "entropy", "kl", "grad_norm"):

@@ -73,7 +73,7 @@ def _print_plan(target: Target, workers: list[Worker], env: EnvFile | None, plan
         scripts = [apply_script(target, "tpuctl smoke"), probe_script(target),
                    launch_script(target, plan, worker.index, envs[worker.index])]
         if env:
-            scripts.insert(1, prepare_script(target) + f"# then: sftp put .env (mode 600), then:\n"
+            scripts.insert(1, prepare_script(target) + "# then: sftp put .env (mode 600), then:\n"
                            + install_script(target.env_file, f"{target.env_file}.tpuctl-XXXX"))
         print_dry_run(target, [(worker, script) for script in scripts])
 

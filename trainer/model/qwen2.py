@@ -33,7 +33,7 @@ class Qwen2Config:
     tie_word_embeddings: bool = False
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any]) -> "Qwen2Config":
+    def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen2Config:
         if hf.get("rope_scaling"):
             raise ValueError(f"config.json rope_scaling: expected null, received {hf['rope_scaling']!r}")
         heads = hf["num_attention_heads"]
@@ -51,7 +51,7 @@ class Qwen2Config:
         )
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "Qwen2Config":
+    def from_dir(cls, model_dir: str | Path) -> Qwen2Config:
         return cls.from_hf_dict(json.loads((Path(model_dir) / "config.json").read_text()))
 
     def num_params(self) -> int:
@@ -73,7 +73,7 @@ class KVCache:
     v_LxBxSxKxD: jax.Array
 
     @classmethod
-    def zeros(cls, config: Qwen2Config, batch: int, length: int, dtype) -> "KVCache":
+    def zeros(cls, config: Qwen2Config, batch: int, length: int, dtype) -> KVCache:
         shape = (config.num_hidden_layers, batch, length, config.num_key_value_heads, config.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 

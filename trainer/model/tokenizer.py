@@ -39,7 +39,7 @@ class ChatTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def decode_completions(self, ids_NxC: np.ndarray, mask_NxC: np.ndarray) -> list[str]:
-        return [self.decode(row[m.astype(bool)]) for row, m in zip(ids_NxC, mask_NxC)]
+        return [self.decode(row[m.astype(bool)]) for row, m in zip(ids_NxC, mask_NxC, strict=True)]
 
 
 def _stop_ids(model_dir: Path, tokenizer_eos: int | None) -> list[int]:

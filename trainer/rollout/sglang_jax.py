@@ -231,7 +231,7 @@ class SglangJaxBackend(RolloutBackend):
         self._target_indices: list[int] = []
 
     def generate(self, prompt_ids_NxP, prompt_mask_NxP, settings: SamplingSettings, seed: int) -> RolloutOutput:
-        prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(prompt_ids_NxP, prompt_mask_NxP)]
+        prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(prompt_ids_NxP, prompt_mask_NxP, strict=True)]
         sampling = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                     "top_p": settings.top_p, "top_k": settings.top_k, "stop_token_ids": self.stop_ids}
         results = self.engine.generate(input_ids=prompts, sampling_params=sampling, return_logprob=True)
@@ -259,7 +259,7 @@ class SglangJaxBackend(RolloutBackend):
         if self._convert is None:
             self._convert = self._make_converter(params)
         leaves = list(self.runner.model_state_leaves)
-        for index, value in zip(self._target_indices, self._convert(params)):
+        for index, value in zip(self._target_indices, self._convert(params), strict=True):
             leaves[index] = value
         jax.block_until_ready(leaves)
         self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
@@ -283,7 +283,7 @@ class SglangJaxBackend(RolloutBackend):
 
         def convert(p):
             tensors = engine_tensors(p, self.model_config, self.our_heads, self.engine_heads)
-            return [tensors[key].astype(dtype) for (_, key), dtype in zip(targets, dtypes)]
+            return [tensors[key].astype(dtype) for (_, key), dtype in zip(targets, dtypes, strict=True)]
 
         return jax.jit(convert, out_shardings=[leaves[i].sharding for i in self._target_indices])
 
