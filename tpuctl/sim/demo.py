@@ -29,12 +29,14 @@ GSM8K_SAMPLE = "tests/trainer/data"  # relative to the synced checkout on the wo
 PLACEHOLDER_WANDB_KEY = "sim" + "0" * 37  # 40 characters, like a real key; W&B runs offline
 
 
-def smoke_command(model_dir: Path) -> str:
-    """The trainer's smoke preset, pointed at the tiny model and the in-repo GSM8K sample, on CPU."""
+def smoke_command(model_dir: Path, checkpoint_dir: Path | None = None) -> str:
+    """The trainer's smoke preset, pointed at the tiny model and the in-repo GSM8K sample, on CPU.
+    A pod needs a checkpoint folder every host shares (a gs:// bucket on a real one)."""
+    shared = ["--set", f"checkpoint.dir={checkpoint_dir}"] if checkpoint_dir else []
     return shlex.join([
         "WANDB_MODE=offline", "JAX_PLATFORMS=cpu", "python", "-m", "trainer", "--preset", "smoke",
         "--set", f"model_path={model_dir}", "--set", f"data.path={GSM8K_SAMPLE}",
-        "--set", "rollout.backend=sglang_jax", "--set", "model.param_dtype=float32",
+        "--set", "rollout.backend=sglang_jax", "--set", "model.param_dtype=float32", *shared,
     ])
 
 
@@ -66,7 +68,8 @@ def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT) -> int:
     os.environ["TPUCTL_KNOWN_TPUS"] = str(root / "known_tpus.json")
     with SimTpuVm(root / "vm", workers=workers) as vm:
         model = build_tiny_model(root / "tiny-qwen2")
-        folder = prepare_project(vm, root / "project", repository, smoke_command(model))
+        bucket = root / "bucket" / "smoke" if workers > 1 else None
+        folder = prepare_project(vm, root / "project", repository, smoke_command(model, bucket))
         return run_tpuctl(folder, "smoke")
 
 
