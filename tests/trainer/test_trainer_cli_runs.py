@@ -2,12 +2,11 @@
 on CPU, several CPU devices, and a simulated two-host pod."""
 
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
-from trainer_testlib import run_trainer, step_lines, subprocess_env
+from trainer_testlib import run_pod, run_trainer, step_lines, subprocess_env
 
 
 def test_cpu_tiny_learns_synthetic_sums_by_rl_alone(tmp_path):
@@ -67,12 +66,6 @@ def test_smoke_preset_on_cpu_with_a_local_model_and_data(tmp_path, tiny_model_di
     assert "  global_length: 512\n  max_length_sample: 64\n" in result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _step_values(stdout: str) -> list[tuple[str, ...]]:
     return [m.groups()[:4] for m in step_lines(stdout)]
 
@@ -81,18 +74,11 @@ def test_two_process_pod_on_cpu_matches_one_process(tmp_path):
     """Two processes x two CPU devices form one JAX job (fsdp over 4 devices) and print the same step lines
     as a single process with one device: the data split and the gathers lose nothing."""
     args = ["--set", f"out_dir={tmp_path / 'run'}", "--set", "steps=3", "--set", "distributed_timeout_s=60"]
-    port = _free_port()
-    children = [subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 env=subprocess_env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
-                                                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                    JAX_NUM_CPU_DEVICES="2"))
-                for i in range(2)]
-    outputs = [child.communicate(timeout=400) for child in children]
-    for child, (_, stderr) in zip(children, outputs, strict=True):
-        assert child.returncode == 0, stderr[-3000:]
-    assert "num_cpu_devices: 2" in outputs[0][0]
-    pod = [_step_values(stdout) for stdout, _ in outputs]
+    outputs = run_pod(args, cwd=tmp_path)
+    for code, _, stderr in outputs:
+        assert code == 0, stderr[-3000:]
+    assert "num_cpu_devices: 2" in outputs[0][1]
+    pod = [_step_values(stdout) for _, stdout, _ in outputs]
     assert pod[0] == pod[1] and len(pod[0]) == 3
 
     single = run_trainer(args, cwd=tmp_path / "..", timeout=400)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 import pytest
-from trainer_testlib import step_lines, subprocess_env, wandb_history
+from trainer_testlib import run_pod, step_lines, subprocess_env, wandb_history
 
 from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
@@ -203,6 +203,17 @@ def test_impossible_engine_sizes_fail_before_the_engine_starts(tiny_model_dir, a
     assert str(error.value).startswith(message)
 
 
+def test_an_engine_smaller_than_its_host_is_refused_on_a_pod(tiny_model_dir):
+    """On a pod the push lays the weights out over all of a host's devices, so the engine must use them all."""
+    config = _tiny_config(tiny_model_dir, "rollout.sglang.tp_size=2")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
+    second_host_of_two = dataclasses.replace(CPU, process_index=1, process_count=2)
+    with pytest.raises(ConfigError) as error:
+        resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), second_host_of_two)
+    assert str(error.value) == (f"rollout.sglang.tp_size: expected each host's device count "
+                                f"{jax.local_device_count()} (or 0 for it) on a pod, received 2")
+
+
 def test_environment_knobs_reach_the_engine(tiny_model_dir):
     config = load_config(None, sets=[f"model_path={tiny_model_dir}", "rollout.backend=sglang_jax"],
                          environ={"SGLANG_JAX_MAX_TOTAL_TOKENS": "3000", "SGLANG_JAX_CONTEXT_LENGTH": "64",
@@ -300,3 +311,21 @@ def test_sigterm_with_the_engine_running_saves_and_exits(tmp_path, tiny_model_di
     assert child.returncode == 143, stderr[-3000:]
     assert "SIGTERM: saved checkpoint" in rest
     assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_two_host_pod_runs_one_engine_per_host_and_pushes_the_sharded_weights(tmp_path, tiny_model_dir):
+    """Each host's engine runs on its own 2 devices (tensor parallel) for its own rows, while the trainer's
+    params are sharded over both hosts (fsdp over 2 x 2 CPU devices): every push must hand each engine
+    the whole updated model in its layout, which the engine's log-probs of its own samples then match."""
+    args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=3",
+            "--set", f"out_dir={tmp_path / 'run'}", "--set", "distributed_timeout_s=60"]
+    outputs = run_pod(args, cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
+    for code, _, stderr in outputs:
+        assert code == 0, stderr[-3000:]
+    assert "    tp_size: 2\n" in outputs[0][1]  # each engine holds its weights split over its host's 2 devices
+    pod = [[m.groups()[:4] for m in step_lines(stdout)] for _, stdout, _ in outputs]
+    assert pod[0] == pod[1] and [step for step, *_ in pod[0]] == ["0", "1", "2"]
+    rows, exit_code = wandb_history(tmp_path / "wandb-dir")  # written by the main process
+    assert exit_code == 0 and len(rows) == 3
+    for row in rows:  # steps 1 and 2 sample from pushed weights, after updates at learning rate 1e-2
+        assert row["rollout/logprob_mismatch_mean"] < LOGPROB_TOLERANCE

@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,23 @@ def run_trainer(args: list[str], cwd: Path, timeout: float = 600, **env: str) ->
     """`python -m trainer ARGS` in a child process (the console script's code path)."""
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_pod(args: list[str], cwd: Path, processes: int = 2, devices_per_process: int = 2,
+            timeout: float = 400, **env: str) -> list[tuple[int, str, str]]:
+    """A simulated pod on this machine: one trainer process per host, joined by jax.distributed as
+    `tpuctl launch` joins a real pod's hosts. Returns (exit code, stdout, stderr) per process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    children = [subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=subprocess_env(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i),
+                                                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                    JAX_NUM_CPU_DEVICES=str(devices_per_process), **env))
+                for i in range(processes)]
+    outputs = [child.communicate(timeout=timeout) for child in children]
+    return [(child.returncode, out, err) for child, (out, err) in zip(children, outputs, strict=True)]
 
 
 def step_lines(stdout: str) -> list[re.Match]:

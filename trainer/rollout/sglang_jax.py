@@ -4,7 +4,9 @@ The engine runs in single-process mode (scheduler and detokenizer as threads of 
 started once and shut down by the loop's exit stack on every exit path. There is no public
 weight-update API: a push writes the trainer's parameters, mapped to the engine's layout, into the
 model runner's state leaves, which its jitted forward reads on every call (same shapes, dtypes and
-shardings, so nothing recompiles).
+shardings, so nothing recompiles). On a pod every host runs its own engine on its own devices for its
+own rows; one collective per push converts the params, sharded over all hosts, into each host's
+engine layout.
 
 Facts of 0.1.0rc0 that shape the settings: decoding a batch of one request fails on CPU with a
 sharding error, so batch sizes are padded to at least 2; the KV pool defaults to about half of the
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from trainer.config import ConfigError, SglangSection, TrainerConfig
 from trainer.model.qwen2 import Qwen2Config
@@ -86,7 +89,13 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
     if kv_dtype == "float32" and dtype != "float32":
         raise ConfigError(f"rollout.sglang.kv_cache_dtype: expected auto or bf16 with a {dtype} engine "
                           "(sglang-jax keeps the KV cache in the model dtype or bf16), received 'float32'")
-    tp = s.tp_size or (1 if runtime.platform == "cpu" else jax.local_device_count())
+    # One CPU device does on one host; on a TPU host, and on every host of a pod, the engine takes all
+    # of the host's devices (the pod's weight push lays the weights out over exactly those).
+    single_cpu = runtime.platform == "cpu" and runtime.process_count == 1
+    tp = s.tp_size or (1 if single_cpu else jax.local_device_count())
+    if runtime.process_count > 1 and tp != jax.local_device_count():
+        raise ConfigError(f"rollout.sglang.tp_size: expected each host's device count "
+                          f"{jax.local_device_count()} (or 0 for it) on a pod, received {tp}")
     pool_bytes = total * kv_bytes_per_token(model, kv_dtype) // tp
     free = free_device_bytes(runtime.platform)
     if pool_bytes > free:
@@ -118,8 +127,35 @@ def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> d
         precompile_token_paddings=s.precompile_token_paddings or None,
         disable_radix_cache=s.disable_radix_cache, enable_single_process=True,
         disable_overlap_schedule=not s.overlap_schedule,
-        random_seed=config.seed, log_level="error", skip_server_warmup=True)
+        random_seed=config.seed, log_level="error", skip_server_warmup=True,
+        device_indexes=local_device_indexes(s.tp_size))
 
+
+def local_device_indexes(tp_size: int) -> list[int] | None:
+    """On a pod each host runs its own engine for its own rows, on its own chips: left alone, the engine
+    would build its mesh over every device of the job and fail. sglang-jax counts indexes from the
+    lowest device id of the job."""
+    if jax.process_count() == 1:
+        return None
+    offset = min(device.id for device in jax.devices())
+    return [device.id - offset for device in jax.local_devices()[:tp_size]]
+
+
+def pod_engine_mesh(engine_mesh: Mesh) -> Mesh:
+    """Every host's engine mesh, stacked along a leading `hosts` axis: the pod's trainer params (sharded
+    over all hosts) convert in one collective into arrays replicated across hosts and laid out within
+    each host exactly as that host's engine holds its weights, so no chip holds a whole extra copy."""
+    local = jax.local_devices()
+    positions = [local.index(device) for device in engine_mesh.devices.flat]
+    per_host = [[d for d in jax.devices() if d.process_index == host] for host in range(jax.process_count())]
+    devices = np.array([[host_devices[i] for i in positions] for host_devices in per_host], dtype=object)
+    return Mesh(devices.reshape((len(per_host), *engine_mesh.devices.shape)), ("hosts", *engine_mesh.axis_names))
+
+
+def as_engine_array(pod_array: jax.Array, engine_sharding: NamedSharding) -> jax.Array:
+    """This host's shards of a pod-wide array, as one array on the engine's mesh (no copy)."""
+    return jax.make_array_from_single_device_arrays(pod_array.shape, engine_sharding,
+                                                    [shard.data for shard in pod_array.addressable_shards])
 
 # --- the weight push -------------------------------------------------------------------------------
 
@@ -285,7 +321,12 @@ class SglangJaxBackend(RolloutBackend):
             tensors = engine_tensors(p, self.model_config, self.our_heads, self.engine_heads)
             return [tensors[key].astype(dtype) for (_, key), dtype in zip(targets, dtypes, strict=True)]
 
-        return jax.jit(convert, out_shardings=[leaves[i].sharding for i in self._target_indices])
+        engine_shardings = [leaves[i].sharding for i in self._target_indices]
+        if jax.process_count() == 1:
+            return jax.jit(convert, out_shardings=engine_shardings)
+        pod_mesh = pod_engine_mesh(self.runner.mesh)
+        to_pod = jax.jit(convert, out_shardings=[NamedSharding(pod_mesh, e.spec) for e in engine_shardings])
+        return lambda p: [as_engine_array(a, e) for a, e in zip(to_pod(p), engine_shardings, strict=True)]
 
     def timings(self) -> dict[str, float]:
         push_s, self._push_s = self._push_s, 0.0
