@@ -54,5 +54,13 @@ def check_smoke(log: str, exit_code: int | None, backend: str) -> list[Check]:
               f"rollout.backend: {seen_backend}" if seen_backend else "no effective config with rollout.backend"),
         Check("step line", bool(steps), steps[-1] if steps else "no `step=... dt=...s` line"),
         Check("no traceback", error is None, error or "none"),
-        Check("exit code 0", exit_code == 0, "still running" if exit_code is None else f"exit {exit_code}"),
+        Check("exit code 0", exit_code == 0, exit_detail(log, exit_code, error)),
     ]
+
+
+def exit_detail(log: str, exit_code: int | None, error: str | None) -> str:
+    """The exit code; for a failure with no traceback (a config error, say) the log's last line too."""
+    if exit_code is None:
+        return "still running"
+    last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+    return f"exit {exit_code}: {last}" if exit_code != 0 and error is None and last else f"exit {exit_code}"

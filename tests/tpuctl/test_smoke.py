@@ -38,6 +38,13 @@ def test_smoke_fails_on_a_traceback_and_shows_its_last_line(smoke_project):
     assert "exit 1" in result.out and "SMOKE FAILED" in result.out
 
 
+def test_smoke_shows_the_last_log_line_of_a_failure_without_a_traceback(smoke_project):
+    message = "config error: steps: expected an integer, received 'x'"
+    result = run("smoke", "--", "bash", "-c", f"echo \"{message}\" >&2; exit 2")
+    assert result.code == 1 and "SMOKE FAILED" in result.out
+    assert f"exit 2: {message}" in result.out
+
+
 def test_smoke_fails_when_the_config_shows_another_backend(smoke_project):
     result = run("smoke", "--rollout-backend", "jax")
     assert result.code == 1
