@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
+
+from tpuctl.sim.demo import smoke_command
 
 CPU_TINY = ["JAX_PLATFORMS=cpu", "JAX_NUM_CPU_DEVICES=2", "WANDB_MODE=disabled", "python", "-m", "trainer",
             "--preset", "cpu-tiny", "--set", "distributed_timeout_s=60"]
@@ -35,6 +38,18 @@ def bucket(pod, name: str) -> list[str]:
 
 def states(pod, name):
     return {row["worker"]: row for row in json.loads(pod.tpuctl("status", "--name", name, "--json").out)}
+
+
+def test_smoke_on_the_pod_runs_one_sglang_jax_engine_per_host(sim_pod):
+    command = smoke_command(sim_pod.model, sim_pod.vm.root / "bucket" / "smoke")
+    result = sim_pod.tpuctl("smoke", "--", *shlex.split(command))
+    assert result.code == 0, result.out[-4000:] + result.err[-2000:]
+    assert "SMOKE PASSED" in result.out
+    for index in (0, 1):
+        log = sim_pod.log(index, "smoke")
+        assert "rollout:\n  backend: sglang_jax" in log and "Traceback" not in log
+    assert len(steps_of(sim_pod.log(0, "smoke"))) == 1
+    assert steps_of(sim_pod.log(0, "smoke")) == steps_of(sim_pod.log(1, "smoke"))
 
 
 def test_launch_on_all_workers_forms_one_jax_job(sim_pod):
