@@ -157,6 +157,7 @@ def as_engine_array(pod_array: jax.Array, engine_sharding: NamedSharding) -> jax
     return jax.make_array_from_single_device_arrays(pod_array.shape, engine_sharding,
                                                     [shard.data for shard in pod_array.addressable_shards])
 
+
 # --- the weight push -------------------------------------------------------------------------------
 
 # Flax leaf under params["layers"]["layer"] -> engine path inside model.layers[i], and which axis
