@@ -43,6 +43,13 @@ def install_script(path: str, temporary: str) -> str:
     )
 
 
+def push_preview(target: Target, env_file: Path) -> str:
+    """What a push runs on one worker, for --dry-run: the SFTP copy sits between the two scripts."""
+    temporary = f"{target.env_file}.tpuctl-<12 random hex digits>"
+    return (prepare_script(target) + f"# then: sftp put {env_file} -> {temporary} (mode 600 before writing)\n"
+            + install_script(target.env_file, temporary))
+
+
 def push_env(session, target: Target, worker: Worker, env: EnvFile) -> dict[str, str]:
     path = parse_fields(session.exec(worker, prepare_script(target), "preparing the env file folder").out)["path"]
     temporary = f"{path}.tpuctl-{token.token_hex(6)}"
@@ -78,10 +85,7 @@ def push(ctx: typer.Context, env_file: EnvFileOpt = Path(".env"), worker: Worker
     target, workers = workers_of(ctx, worker)
     env = load_env_file(env_file)
     if dry_run:
-        scripts = [(w, prepare_script(target) + f"# then: sftp put {env_file} -> {target.env_file}.tpuctl-XXXX "
-                    f"(mode 600 before writing)\n" + install_script(target.env_file, f"{target.env_file}.tpuctl-XXXX"))
-                   for w in workers]
-        print_dry_run(target, scripts)
+        print_dry_run(target, [(w, push_preview(target, env_file)) for w in workers])
         return
     with open_session(target) as session:
         fail_unless(run_push(session, target, workers, env))

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, workers_of
 from tpuctl.commands.runs import CommandArg, distributed_env, run_launch, utc_stamp
-from tpuctl.commands.secrets import EnvFileOpt, install_script, prepare_script, run_push
+from tpuctl.commands.secrets import EnvFileOpt, push_preview, run_push
 from tpuctl.commands.sync import run_sync
 from tpuctl.commands.tail import follow_logs
 from tpuctl.commands.verify import run_verify
@@ -73,8 +73,7 @@ def _print_plan(target: Target, workers: list[Worker], env: EnvFile | None, plan
         scripts = [apply_script(target, "tpuctl smoke"), probe_script(target),
                    launch_script(target, plan, worker.index, envs[worker.index])]
         if env:
-            scripts.insert(1, prepare_script(target) + "# then: sftp put .env (mode 600), then:\n"
-                           + install_script(target.env_file, f"{target.env_file}.tpuctl-XXXX"))
+            scripts.insert(1, push_preview(target, env.path))
         print_dry_run(target, [(worker, script) for script in scripts])
 
 
