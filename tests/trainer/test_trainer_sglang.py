@@ -21,7 +21,13 @@ from trainer.loop import resolve_auto_values
 from trainer.model.load import build_model
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
-from trainer.rollout.sglang_jax import HeadLayout, SglangJaxBackend, match_heads, resolve_engine_section
+from trainer.rollout.sglang_jax import (
+    HeadLayout,
+    SglangJaxBackend,
+    match_heads,
+    memory_check_indexes,
+    resolve_engine_section,
+)
 from trainer.runtime import Runtime, start
 from trainer.sampling import SamplingSettings
 from trainer.testing import perf
@@ -212,6 +218,15 @@ def test_an_engine_smaller_than_its_host_is_refused_on_a_pod(tiny_model_dir):
         resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), second_host_of_two)
     assert str(error.value) == (f"rollout.sglang.tp_size: expected each host's device count "
                                 f"{jax.local_device_count()} (or 0 for it) on a pod, received 2")
+
+
+@pytest.mark.parametrize("host, mesh_indexes, expected", [
+    (0, [0, 1, 2, 3], [0, 1, 2, 3]),  # a v4-16's first host: ids 0-3, as the job counts them
+    (1, [4, 5, 6, 7], [0, 1, 2, 3]),  # its second host: ids 4-7, counted from 4 by the memory check
+])
+def test_the_engine_memory_check_counts_devices_from_its_own_host(host, mesh_indexes, expected):
+    assert memory_check_indexes(mesh_indexes, job_offset=0, host_offset=4 * host) == expected
+    assert memory_check_indexes(None, job_offset=0, host_offset=4 * host) is None
 
 
 def test_environment_knobs_reach_the_engine(tiny_model_dir):

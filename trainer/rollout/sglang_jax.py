@@ -131,25 +131,59 @@ def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> d
         device_indexes=local_device_indexes(s.tp_size))
 
 
+def host_devices(host: int) -> list:
+    """One host's devices by id: every process computes the same list for every host."""
+    return sorted((d for d in jax.devices() if d.process_index == host), key=lambda d: d.id)
+
+
 def local_device_indexes(tp_size: int) -> list[int] | None:
-    """On a pod each host runs its own engine for its own rows, on its own chips: left alone, the engine
-    would build its mesh over every device of the job and fail. sglang-jax counts indexes from the
-    lowest device id of the job."""
+    """On a pod each host runs its own engine for its own rows, on its own first tp_size devices: left
+    alone, the engine would build its mesh over every device of the job and fail. sglang-jax's mesh
+    counts these indexes from the lowest device id of the whole job."""
     if jax.process_count() == 1:
         return None
     offset = min(device.id for device in jax.devices())
-    return [device.id - offset for device in jax.local_devices()[:tp_size]]
+    return [device.id - offset for device in host_devices(jax.process_index())[:tp_size]]
+
+
+def memory_check_indexes(device_indexes: list[int] | None, job_offset: int, host_offset: int) -> list[int] | None:
+    """The same devices as sglang-jax 0.1.0rc0's memory check counts them: from the lowest id of this
+    host's devices, not of the job's. Without this, hosts 1 and up of a TPU pod match no device there."""
+    if device_indexes is None:
+        return None
+    return [index + job_offset - host_offset for index in device_indexes]
+
+
+def _count_memory_per_host(device_indexes: list[int] | None) -> None:
+    """Patch the model runner's memory check (the pinned engine's only caller) with the translation above."""
+    from sgl_jax.srt.model_executor import model_runner
+
+    if device_indexes is None or getattr(model_runner.get_available_device_memory, "per_host", False):
+        return
+    check = model_runner.get_available_device_memory
+    job_offset = min(device.id for device in jax.devices())
+    host_offset = min(device.id for device in jax.local_devices())
+
+    def per_host(device, distributed=False, empty_cache=True, device_indexes=None):
+        return check(device, distributed, empty_cache, memory_check_indexes(device_indexes, job_offset, host_offset))
+
+    per_host.per_host = True
+    model_runner.get_available_device_memory = per_host
 
 
 def pod_engine_mesh(engine_mesh: Mesh) -> Mesh:
     """Every host's engine mesh, stacked along a leading `hosts` axis: the pod's trainer params (sharded
     over all hosts) convert in one collective into arrays replicated across hosts and laid out within
-    each host exactly as that host's engine holds its weights, so no chip holds a whole extra copy."""
-    local = jax.local_devices()
-    positions = [local.index(device) for device in engine_mesh.devices.flat]
-    per_host = [[d for d in jax.devices() if d.process_index == host] for host in range(jax.process_count())]
-    devices = np.array([[host_devices[i] for i in positions] for host_devices in per_host], dtype=object)
-    return Mesh(devices.reshape((len(per_host), *engine_mesh.devices.shape)), ("hosts", *engine_mesh.axis_names))
+    each host exactly as that host's engine holds its weights, so no chip holds a whole extra copy.
+    Built from global facts only, so every process compiles the same collective."""
+    tp = engine_mesh.devices.size
+    rows = [host_devices(host)[:tp] for host in range(jax.process_count())]
+    mine = list(engine_mesh.devices.flat)
+    if rows[jax.process_index()] != mine:
+        raise RuntimeError(f"weight push: the engine holds devices {[d.id for d in mine]}, expected this host's "
+                           f"first {tp} by id, {[d.id for d in rows[jax.process_index()]]}, in that order")
+    devices = np.array(rows, dtype=object).reshape((len(rows), *engine_mesh.devices.shape))
+    return Mesh(devices, ("hosts", *engine_mesh.axis_names))
 
 
 def as_engine_array(pod_array: jax.Array, engine_sharding: NamedSharding) -> jax.Array:
@@ -249,7 +283,9 @@ class SglangJaxBackend(RolloutBackend):
         self.stop_ids = list(tokenizer.stop_ids)
         self.pad_id = tokenizer.pad_id
         previous_sigchld = signal.getsignal(signal.SIGCHLD)
-        self.engine = Engine(**engine_kwargs(config, runtime, model_dir))
+        kwargs = engine_kwargs(config, runtime, model_dir)
+        _count_memory_per_host(kwargs["device_indexes"])
+        self.engine = Engine(**kwargs)
         # The engine installs a SIGCHLD handler that reaps any child for its worker processes; in
         # single-process mode it has none, and the handler would steal exit codes from subprocess.
         signal.signal(signal.SIGCHLD, previous_sigchld)
