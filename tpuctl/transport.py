@@ -49,16 +49,16 @@ class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
         where = f"worker {self.worker.index} ({self.worker.address})"
-        pin_hint = f"`tpuctl --target {self.target_alias} trust --worker {self.worker.index}`"
+        pin_hint = f"`tpuctl --target {self.target_alias} trust --worker {self.worker.index} --write"
         if not self.worker.fingerprints:
             raise HostKeyError(
                 f"{where} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
-                f"Check the fingerprint out of band, then pin it with {pin_hint} or add it to host_keys"
+                f"Check the fingerprint out of band, then pin it with {pin_hint}` or add it to host_keys"
             )
         if seen not in self.worker.fingerprints:
             raise HostKeyError(
                 f"{where} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
-                f"the key CHANGED. If the VM was recreated, re-pin with {pin_hint}; otherwise do not connect"
+                f"the key CHANGED. If the VM was recreated, re-pin with {pin_hint} --replace`; otherwise do not connect"
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
 

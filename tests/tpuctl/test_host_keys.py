@@ -14,7 +14,7 @@ def test_unknown_key_is_refused_with_the_fingerprint_and_how_to_pin(project1):
     assert result.code == 1
     fingerprint = project1.workers[0].fingerprint
     assert f"unknown ssh-ed25519 host key {fingerprint}" in result.err
-    assert "tpuctl --target sim trust --worker 0" in result.err
+    assert "`tpuctl --target sim trust --worker 0 --write`" in result.err
 
 
 def test_changed_key_is_refused_and_nothing_runs(project1, tmp_path):
@@ -28,6 +28,7 @@ def test_changed_key_is_refused_and_nothing_runs(project1, tmp_path):
     result = run("sync")
     assert result.code == 1
     assert f"presented host key {worker.fingerprint}, but {old} is pinned: the key CHANGED" in result.err
+    assert "re-pin with `tpuctl --target sim trust --worker 0 --write --replace`" in result.err
     assert not project1.remote(0, "~/repo").exists()
 
 
