@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 STEP_LINE = re.compile(r"(?:^|\s)(step=\d+ loss=\S+ entropy=\S+ reward_mean=\S+ dt=[0-9.]+s)")
-_FLAT_BACKEND = re.compile(r"rollout\.backend\s*[:=]\s*['\"]?([\w.-]+)")
+# At the start of a line, so an error message quoting the key ("config error: rollout.backend: ...") is no config.
+_FLAT_BACKEND = re.compile(r"^\s*rollout\.backend\s*[:=]\s*['\"]?([\w.-]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)

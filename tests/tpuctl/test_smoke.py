@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.tpuctl.conftest import WANDB_KEY, run
+from tpuctl.smoke_checks import rollout_backend
 
 pytest.importorskip("jax")
 
@@ -68,3 +69,13 @@ def test_smoke_dry_run_prints_every_changing_script_and_runs_nothing(smoke_proje
         assert marker in result.out
     assert WANDB_KEY not in result.all
     assert not smoke_project.remote(0, "~/repo").exists() and not smoke_project.remote(0, "~/.env").exists()
+
+
+@pytest.mark.parametrize("log, backend", [
+    ("rollout:\n  batch_size: 1\n  backend: sglang_jax\nsteps: 1\n", "sglang_jax"),
+    ("effective config:\nrollout.backend: jax\n", "jax"),
+    ("config error: rollout.backend: expected one of jax, sglang_jax, mock, received 'x'\n", None),
+    ("config error: rollout.backend: expected one of jax\nrollout:\n  backend: sglang_jax\n", "sglang_jax"),
+])
+def test_the_backend_is_read_from_the_printed_config_not_from_an_error_message(log, backend):
+    assert rollout_backend(log) == backend
