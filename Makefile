@@ -1,4 +1,5 @@
-# The two set-up commands of the README. Each sets up what it needs on a fresh machine first.
+# The README's two set-up commands are `make demo` (the main job) and `make test`; bench and lint too.
+# Each target sets up what it needs on a fresh machine first.
 .PHONY: setup demo test bench lint
 
 setup:

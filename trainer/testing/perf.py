@@ -52,13 +52,6 @@ def matmul_peak_flops(n: int = 2048, dtype=jnp.float32) -> float:
     return 2 * n**3 / best_time(lambda: dot(a, a).block_until_ready())
 
 
-def compiled_flops(jitted, *args) -> float:
-    """FLOPs XLA counts for one call of a jitted function with these arguments."""
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
-
-
 def peak_memory_bytes() -> dict[str, float]:
     """Device peak where the runtime reports it (TPU/GPU), and this process's peak RSS."""
     stats = jax.devices()[0].memory_stats() or {}
