@@ -23,7 +23,7 @@ from fabric import Config, Connection
 
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError
-from tpuctl.workers import Worker
+from tpuctl.workers import Worker, proxy_for
 
 CONNECT_ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 10.0
@@ -108,15 +108,6 @@ class Outcome[T]:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:
-    """The ProxyCommand that reaches `worker` (None: connect directly), its placeholders filled in."""
-    template = target.proxy_template if template is None else template
-    if not template:
-        return None
-    return template.format(host=worker.host, port=worker.port, instance=worker.instance or worker.host,
-                           worker=worker.index, name=target.name, project=target.project, zone=target.zone)
 
 
 class Session:

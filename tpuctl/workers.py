@@ -84,3 +84,12 @@ def resolve_workers(target: Target, require_ready: bool = True) -> list[Worker]:
 def select_workers(target: Target, spec: str, require_ready: bool = True) -> list[Worker]:
     workers = resolve_workers(target, require_ready)
     return [workers[i] for i in parse_worker_spec(spec, len(workers))]
+
+
+def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:
+    """The ProxyCommand that reaches `worker` (None: connect directly), its placeholders filled in."""
+    template = target.proxy_template if template is None else template
+    if not template:
+        return None
+    return template.format(host=worker.host, port=worker.port, instance=worker.instance or worker.host,
+                           worker=worker.index, name=target.name, project=target.project, zone=target.zone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,8 +11,7 @@ from tests.tpuctl.conftest import run
 from tpuctl.config import IAP_PROXY_COMMAND, Target
 from tpuctl.sim import tcp_relay
 from tpuctl.sim.fake_tpu_api import SimEndpoint, host_keys_of
-from tpuctl.transport import proxy_for
-from tpuctl.workers import Worker
+from tpuctl.workers import Worker, proxy_for
 
 
 def test_workers_are_reached_only_through_the_relay(make_pod, tmp_path):
@@ -35,6 +35,9 @@ def test_workers_are_reached_only_through_the_relay(make_pod, tmp_path):
     assert run("--tunnel-through-iap", "launch", "--", "true").code == 0
     rows = json.loads(run("--tunnel-through-iap", "status", "--json").out)
     assert [row["worker"] for row in rows] == [0, 1]
+    dry = run("--tunnel-through-iap", "sync", "--dry-run", "--worker", "1")
+    relay = f"{sys.executable} {Path(tcp_relay.__file__)} --log {log} {routes} {instances[1]} {pod.workers[1].port}"
+    assert f"# worker 1: ssh -o ProxyCommand={shlex.quote(relay)} -p {pod.workers[1].port} root@10.130.7.3" in dry.out
     port = pod.workers[0].port
     relayed = log.read_text().splitlines()
     for name, worker in zip(instances, pod.workers, strict=True):

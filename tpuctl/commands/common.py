@@ -14,7 +14,7 @@ from rich.markup import escape
 from tpuctl.config import Overrides, Target, load_target
 from tpuctl.console import EXIT_FAILED, console, err_console
 from tpuctl.remote.shell import preview
-from tpuctl.workers import Worker, select_workers
+from tpuctl.workers import Worker, proxy_for, select_workers
 
 if TYPE_CHECKING:
     from tpuctl.transport import Outcome, Session
@@ -57,4 +57,5 @@ def fail_unless(ok: bool) -> None:
 
 def print_dry_run(target: Target, scripts: Sequence[tuple[Worker, str]]) -> None:
     for worker, text in scripts:
-        console.out(preview(worker.index, target.user, worker.host, worker.port, text), highlight=False)
+        console.out(preview(worker.index, target.user, worker.host, worker.port, text, proxy_for(target, worker)),
+                    highlight=False)

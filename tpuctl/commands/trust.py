@@ -9,7 +9,7 @@ import typer
 from tpuctl.commands.common import WorkerOpt, fail_unless, report_errors, target_of
 from tpuctl.config import Overrides, Target, project_path
 from tpuctl.console import BadInput, console
-from tpuctl.workers import Worker, parse_worker_spec, resolve_workers
+from tpuctl.workers import Worker, parse_worker_spec, proxy_for, resolve_workers
 
 
 def scan_host_key(worker: Worker, proxy_command: str | None = None, timeout: float = 10.0) -> tuple[str, str]:
@@ -50,7 +50,7 @@ def trust(ctx: typer.Context, worker: WorkerOpt = "all",
           replace: Annotated[bool, typer.Option("--replace", help="With --write, also replace CHANGED pins.")] = False,
           ) -> None:
     """Print each worker's host-key fingerprint next to the pinned one; `--write` pins what was seen."""
-    from tpuctl.transport import Session, proxy_for
+    from tpuctl.transport import Session
 
     target = target_of(ctx)
     workers = resolve_workers(target)

@@ -19,7 +19,9 @@ def script(*lines: str) -> str:
     return "\n".join(("set -euo pipefail", "set +x", *lines, ""))
 
 
-def preview(index: int, user: str, host: str, port: int, text: str) -> str:
-    """What --dry-run prints for one worker: where the script would run, and the script itself."""
-    return (f"# worker {index}: ssh -p {port} {shlex.quote(f'{user}@{host}')} bash -s <<'EOF'\n"
+def preview(index: int, user: str, host: str, port: int, text: str, proxy: str | None = None) -> str:
+    """What --dry-run prints for one worker: where the script would run (through which ProxyCommand),
+    and the script itself."""
+    via = f"-o ProxyCommand={shlex.quote(proxy)} " if proxy else ""
+    return (f"# worker {index}: ssh {via}-p {port} {shlex.quote(f'{user}@{host}')} bash -s <<'EOF'\n"
             f"{text.rstrip()}\nEOF")
