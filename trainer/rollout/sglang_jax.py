@@ -131,6 +131,11 @@ def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> d
         device_indexes=local_device_indexes(s.tp_size))
 
 
+def job_id_offset() -> int:
+    """The lowest device id of the whole job, from which sglang-jax's mesh counts device indexes."""
+    return min(device.id for device in jax.devices())
+
+
 def host_devices(host: int) -> list:
     """One host's devices by id: every process computes the same list for every host."""
     return sorted((d for d in jax.devices() if d.process_index == host), key=lambda d: d.id)
@@ -142,7 +147,7 @@ def local_device_indexes(tp_size: int) -> list[int] | None:
     counts these indexes from the lowest device id of the whole job."""
     if jax.process_count() == 1:
         return None
-    offset = min(device.id for device in jax.devices())
+    offset = job_id_offset()
     return [device.id - offset for device in host_devices(jax.process_index())[:tp_size]]
 
 
@@ -161,7 +166,7 @@ def _count_memory_per_host(device_indexes: list[int] | None) -> None:
     if device_indexes is None or getattr(model_runner.get_available_device_memory, "per_host", False):
         return
     check = model_runner.get_available_device_memory
-    job_offset = min(device.id for device in jax.devices())
+    job_offset = job_id_offset()
     host_offset = min(device.id for device in jax.local_devices())
 
     def per_host(device, distributed=False, empty_cache=True, device_indexes=None):
