@@ -2,15 +2,17 @@
 
 matplotlib's object API on the Agg canvas (no pyplot, no display, no server); the page embeds every
 plot as a base64 PNG and loads nothing else: no script, no stylesheet or font from the network.
-matplotlib is imported only inside `render_report`, and nothing here imports JAX, so the laptop's
+matplotlib is imported only while drawing and nothing here imports JAX or PyYAML, so the laptop's
 `tpuctl report` can call `render_report` with the `report` extra alone.
 
 A panel is drawn when at least one run has one of its metrics and left out otherwise (KL without
 beta > 0, the log-prob mismatch without engine log-probs, eval without eval.every_steps). With
 `smooth` > 0 an exponential moving average (the first value, then smooth x previous + (1 - smooth)
-x value) is drawn over the raw points, which stay visible, faint. Few points get markers, so a
-1-step run shows a dot rather than an empty axis. Several runs share each panel's axes: one colour
-per run, one line style per metric (a single run also gets a colour per metric).
+x value) is drawn over the raw points, which stay visible, faint; eval pass@1, one point every
+eval.every_steps, is never smoothed. Up to 60 points per line get markers, so a 1-step run shows a
+dot rather than empty axes. Several runs share each panel's axes: one colour per run and one line
+style per metric (a single run gets a colour per metric too). Step time is on a log scale: step 0
+includes compilation, often 10-100x the steps after it.
 """
 
 from __future__ import annotations
@@ -167,8 +169,9 @@ def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) 
             color = f"C{series_index}" if len(runs) == 1 else f"C{run_index}"
             style = LINE_STYLES[series_index % len(LINE_STYLES)]
             label = series.label if len(runs) == 1 else f"{run_label}: {series.label}"
-            _draw_series(ax, steps, values, _band(run, series, steps, values), label, color, style, smooth,
-                         sparse=series.spec.source == "eval")
+            sparse = series.spec.source == "eval"  # a point every eval.every_steps: marked, never smoothed
+            _draw_series(ax, steps, values, _band(run, series, steps, values), label, color, style,
+                         0.0 if sparse else smooth, sparse)
     ax.set_title(panel.title)
     ax.set_xlabel("step")
     ax.set_ylabel(panel.ylabel)

@@ -103,7 +103,7 @@ def test_a_panel_left_out_on_a_second_render_loses_its_old_png(tmp_path):
 
 
 def test_smoothing_draws_the_average_over_the_raw_points(tmp_path):
-    run = synthetic_run(tmp_path / "run", 50, seed=3)
+    run = synthetic_run(tmp_path / "run", 50, seed=3, eval_every=10)
     raw = render_report([("run", run)], tmp_path / "raw")
     smooth = render_report([("run", run)], tmp_path / "smooth", smooth=0.9)
     grad_raw = (raw.parent / "grad_norm.png").read_bytes()
@@ -112,6 +112,8 @@ def test_smoothing_draws_the_average_over_the_raw_points(tmp_path):
     # but the saturated C0 line itself is the EMA, much flatter than the noisy raw one.
     assert grad_raw != grad_smooth
     assert coloured_pixels(grad_smooth, C0) < coloured_pixels(grad_raw, C0)
+    # Five evaluations are points to read, not a trend to smooth: the eval panel is drawn the same.
+    assert (raw.parent / "eval_pass_at_1.png").read_bytes() == (smooth.parent / "eval_pass_at_1.png").read_bytes()
 
 
 def test_several_runs_overlay_with_escaped_labels(tmp_path):
