@@ -34,7 +34,7 @@ def parse_report_args(argv: list[str]) -> argparse.Namespace:
                                      description="Plot runs' metrics.jsonl: report.html (self-contained) and a PNG "
                                                  "per panel. Several runs overlay on the same axes.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's out_dir, or its metrics.jsonl")
-    parser.add_argument("--out", help="folder for report.html and the PNGs (default: RUN_DIR/report for one run)")
+    parser.add_argument("--out", metavar="DIR", help="folder for report.html and the PNGs (default: RUN_DIR/report for one run)")
     parser.add_argument("--smooth", type=float, default=0.0, metavar="X",
                         help="EMA weight in [0, 1) drawn over the raw points, e.g. 0.9 (default 0: off)")
     return parser.parse_args(argv)
