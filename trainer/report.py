@@ -136,7 +136,8 @@ def _band(run: RunMetrics, resolved: ResolvedSeries, steps: list[int], values: l
     return [_as_float(records[s].get(band[1])) for s in steps], [_as_float(records[s].get(band[2])) for s in steps]
 
 
-def _draw_series(ax, steps, values, band, label, color, style, smooth: float, sparse: bool) -> None:
+def _draw_series(ax, steps, values, band, color, style, smooth: float, sparse: bool):
+    """Draw one run's series; returns the line its legend entry shows."""
     marker = {"marker": "o", "markersize": 5 if len(steps) == 1 else 3} if sparse or len(steps) <= MARKERS_UP_TO else {}
     if band is not None and len(steps) > 1:
         ax.fill_between(steps, band[0], band[1], color=color, alpha=0.15, linewidth=0)
@@ -146,13 +147,12 @@ def _draw_series(ax, steps, values, band, label, color, style, smooth: float, sp
                     alpha=0.5, capsize=4, linestyle="none")
     if smooth > 0:
         ax.plot(steps, values, color=color, linestyle=style, linewidth=0.8, alpha=0.35, **marker)
-        ax.plot(steps, ema(values, smooth), color=color, linestyle=style, linewidth=1.8, label=label)
-    else:
-        ax.plot(steps, values, color=color, linestyle=style, linewidth=1.5, label=label, **marker)
+        return ax.plot(steps, ema(values, smooth), color=color, linestyle=style, linewidth=1.8)[0]
+    return ax.plot(steps, values, color=color, linestyle=style, linewidth=1.5, **marker)[0]
 
 
-def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) -> bytes | None:
-    """The panel as PNG bytes, or None when no run has any of its metrics."""
+def panel_figure(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float):
+    """The panel as a matplotlib Figure, or None when no run has any of its metrics."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -161,6 +161,7 @@ def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) 
         return None
     figure = Figure(figsize=(6.4, 3.4), dpi=100)
     ax = figure.add_subplot()
+    legend: list[tuple[object, str]] = []
     for run_index, (run_label, run) in enumerate(runs):
         for series_index, series in enumerate(resolved):
             steps, values = column(run, series.key, series.spec.source)
@@ -170,8 +171,9 @@ def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) 
             style = LINE_STYLES[series_index % len(LINE_STYLES)]
             label = series.label if len(runs) == 1 else f"{run_label}: {series.label}"
             sparse = series.spec.source == "eval"  # a point every eval.every_steps: marked, never smoothed
-            _draw_series(ax, steps, values, _band(run, series, steps, values), label, color, style,
-                         0.0 if sparse else smooth, sparse)
+            line = _draw_series(ax, steps, values, _band(run, series, steps, values), color, style,
+                                0.0 if sparse else smooth, sparse)
+            legend.append((line, label.replace("$", r"\$")))  # a run's name is text, never mathtext
     ax.set_title(panel.title)
     ax.set_xlabel("step")
     ax.set_ylabel(panel.ylabel)
@@ -180,8 +182,17 @@ def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) 
     if panel.log_y:
         ax.set_yscale("log")
     if len(resolved) > 1 or len(runs) > 1 or resolved[0].spec.band:
-        ax.legend(fontsize="small")
+        # Handles and labels given explicitly: a label starting with "_" would otherwise be left out.
+        ax.legend([line for line, _ in legend], [text for _, text in legend], fontsize="small")
     figure.tight_layout()
+    return figure
+
+
+def draw_panel(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float) -> bytes | None:
+    """The panel as PNG bytes, or None when no run has any of its metrics."""
+    figure = panel_figure(panel, runs, smooth)
+    if figure is None:
+        return None
     png = io.BytesIO()
     figure.savefig(png, format="png")
     return png.getvalue()

@@ -15,7 +15,7 @@ import pytest
 from trainer_testlib import subprocess_env
 
 from trainer.metrics_log import FILE_NAME, MetricsLog, read_metrics
-from trainer.report import PANELS, ReportError, check_smooth, ema, render_report
+from trainer.report import PANELS, ReportError, check_smooth, ema, panel_figure, render_report
 
 ALWAYS = ["reward", "completion_length", "clipped_ratio", "entropy", "grad_norm", "learning_rate", "tokens_per_s",
           "step_time"]
@@ -125,6 +125,16 @@ def test_several_runs_overlay_with_escaped_labels(tmp_path):
     assert "<td>baseline</td>" in text and "<td>20 (last step 19)</td>" in text and "<td>8 (last step 7)</td>" in text
     # Two runs on one axis: run 0 in C0, run 1 in C1.
     assert coloured_pixels((tmp_path / "report" / "entropy.png").read_bytes(), (255, 127, 14)) > 20
+
+
+def test_labels_are_plain_text_in_the_legend(tmp_path):
+    """A run folder may be named anything: `$` is not mathtext (an unbalanced formula would end the render)
+    and a leading `_` does not hide the run from the legend (matplotlib's rule for private artists)."""
+    runs = [("_hidden", synthetic_run(tmp_path / "a", 3)), (r"cost $\frac{$ 2", synthetic_run(tmp_path / "b", 3))]
+    figure = panel_figure(PANELS[4], runs, smooth=0.0)
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == [
+        "_hidden: entropy", r"cost \$\frac{\$ 2: entropy"]
+    check_offline_page(render_report(runs, tmp_path / "report"), ALWAYS)
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, math.nan, math.inf, True, "0.5"])
