@@ -39,6 +39,7 @@ from trainer.config import TrainerConfig, to_yaml
 from trainer.data import PromptStream, fitting_problems, left_pad, load_gsm8k, synthetic_arithmetic
 from trainer.evaluation import evaluate
 from trainer.metrics import WandbLogger, print_flushed, step_line
+from trainer.metrics_log import MetricsLog
 from trainer.model.load import build_model, compute_dtype, resolve_model_dir
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
@@ -136,6 +137,8 @@ class GRPOLoop:
     def run(self) -> None:
         logger = WandbLogger(self.config.wandb, dataclasses.asdict(self.config), self.config.out_dir,
                              self.runtime.is_main)
+        metrics_log = MetricsLog.start(self.config.out_dir, dataclasses.asdict(self.config), self.position.step,
+                                       self.runtime.is_main)
         with contextlib.ExitStack() as stack:
             stack.callback(self.checkpointer.close)
             stack.enter_context(self.backend)
@@ -146,6 +149,7 @@ class GRPOLoop:
                     metrics = self.train_one_step(step, stop)
                     self.evaluate_if_due(step, metrics)
                     logger.log(metrics, step)
+                    metrics_log.log(step, metrics)
                     self.checkpoint_if_due(step)
                     self.exit_if_stopped(stop)
             except BaseException:

@@ -1,6 +1,7 @@
 """The `trainer` command in child processes: the cpu-tiny learning run, SIGTERM, failures, the smoke preset
 on CPU, several CPU devices, and a simulated two-host pod."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def test_two_process_pod_on_cpu_matches_one_process(tmp_path):
     assert "num_cpu_devices: 2" in outputs[0][1]
     pod = [_step_values(stdout) for _, stdout, _ in outputs]
     assert pod[0] == pod[1] and len(pod[0]) == 3
+    # Both processes have this out_dir; process 0 alone writes metrics.jsonl: one header, each step once.
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == ["header", "step", "step", "step"]
 
     single = run_trainer(args, cwd=tmp_path / "..", timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]
