@@ -189,7 +189,7 @@ class OptimSection:
 class RewardSection:
     weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"correctness": 1.0, "format": 0.0, "tag_count": 0.0})
-    correctness_mode: str = "any"  # strict (####), boxed, flexible (last number), any (first that matches)
+    correctness_mode: str = "any"  # strict (####), boxed, flexible (last number), any (precedence: trainer/rewards.py)
 
     def __post_init__(self):
         for name in self.weights:
