@@ -3,13 +3,16 @@
 Precedence, lowest first: the built-in defaults (the cpu-tiny preset) -> a named preset -> a YAML file
 -> repeated `--set a.b=value` (value parsed as YAML) -> the upstream environment variables
 (MODEL_PATH, STEPS, ...). Every mistake is a `ConfigError` naming the key, the value received and
-what was expected.
+what was expected. A number field takes every spelling of a number a user writes (`1e-6`, `1E-6`,
+`3e-5`, `.5`, `1_000`) by all three routes, and refuses nan and infinities.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -361,8 +364,25 @@ def load_yaml_file(path: str) -> dict:
     return _expand_vars(loaded)
 
 
+# A number as users type it: PyYAML (YAML 1.1) leaves `1e-6`, `1E-6` and `3e-5` as text, because its
+# floats need a dot and a signed exponent, so float fields also read the text of a number.
+_NUMBER_TEXT = re.compile(r"[-+]?(?:\d+(?:_\d+)*(?:\.(?:\d+(?:_\d+)*)?)?|\.\d+(?:_\d+)*)(?:[eE][-+]?\d+)?")
+
+
+def _as_number(value: Any) -> float | None:
+    """A float from a YAML int or float, or from text that spells a number (`1e-6`, `.5`, `1_000`)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        return float(value.strip().replace("_", ""))
+    return None
+
+
 def _coerce(key: str, annotation: Any, value: Any) -> Any:
-    """Check one leaf against its annotation; ints pass as floats, nothing else is converted."""
+    """Check one leaf against its annotation; ints and the text of a number pass as floats, nothing else
+    is converted."""
     origin = typing.get_origin(annotation)
     if annotation is bool:
         if not isinstance(value, bool):
@@ -373,9 +393,12 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
             _fail(key, "an integer", value)
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _as_number(value)
+        if number is None:
             _fail(key, "a number", value)
-        return float(value)
+        if not math.isfinite(number):
+            _fail(key, "a finite number", value)
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             _fail(key, "a string", value)
