@@ -47,6 +47,7 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 DTYPES = ("auto", "float32", "bfloat16")
 BACKENDS = ("jax", "sglang_jax")
 REWARD_NAMES = ("correctness", "format", "tag_count")
+KL_ESTIMATORS = ("k2", "k3")  # what each is, and why k1 is not offered: trainer.losses.kl_divergence
 
 
 @dataclasses.dataclass
@@ -140,7 +141,7 @@ class RolloutSection:
 class TrainSection:
     loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean; dr_grpo: / (rows x max_length_sample)
     beta: float = 0.0  # KL weight; > 0 keeps a frozen reference copy of the initial weights
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k3"  # k3's value with k2's gradient, or k2 (see trainer/losses.py)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
     num_iterations: int = 1  # updates per rollout batch (mu); > 1 recomputes old log-probs first
@@ -153,7 +154,9 @@ class TrainSection:
     def __post_init__(self):
         _one_of("train.loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo"))
         _non_negative("train.beta", self.beta)
-        _one_of("train.kl_estimator", self.kl_estimator, ("k1", "k3"))
+        if self.kl_estimator not in KL_ESTIMATORS:
+            _fail("train.kl_estimator", "k2 or k3 (k1 was removed: as a loss its gradient is zero in expectation)",
+                  self.kl_estimator)
         for key in ("epsilon_low", "epsilon_high"):
             if not 0.0 < getattr(self, key) < 1.0:
                 _fail(f"train.{key}", "a number in (0, 1)", getattr(self, key))

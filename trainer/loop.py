@@ -5,8 +5,10 @@ How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
   `dapo` averages over every completion token of the batch (DAPO); `dr_grpo` divides by rows x max
   new tokens (Dr. GRPO).
 - Clipping is asymmetric (epsilon_low / epsilon_high, DAPO's clip-higher); the paper has one epsilon.
-- The KL penalty (k3 as in the paper, or k1) is added to the loss only when beta > 0. The default
-  beta is 0 (DAPO, Dr. GRPO), which also skips the reference model.
+- The KL penalty is added to the loss only when beta > 0. The default beta is 0 (DAPO, Dr. GRPO),
+  which also skips the reference model. Its default estimator k3 has the paper's value but the
+  gradient of k2, whose expectation is the KL's gradient: k3 differentiated as written has the
+  gradient of KL(pi_ref || pi) instead (trainer/losses.py). k1 is not offered: its expected gradient is 0.
 - Advantages divide by the group's population std + 1e-4, by the batch std, or not at all (Dr. GRPO).
 - Dynamic sampling (DAPO) zero-weights groups whose rewards are all equal instead of drawing more
   prompts to refill the batch, so every step keeps its compiled shapes.

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 class LossSettings:
     loss_type: str  # grpo | dapo | dr_grpo
     beta: float
-    kl_estimator: str  # k1 | k3
+    kl_estimator: str  # k2 | k3 (trainer.config.KL_ESTIMATORS)
     epsilon_low: float
     epsilon_high: float
     max_length: int  # completion tokens per row (Dr. GRPO's constant L_max)
@@ -25,12 +25,26 @@ class LossSettings:
 
 
 def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: str) -> jax.Array:
-    """Per-token KL(pi || pi_ref) estimate on tokens sampled from pi: k1 = log(pi/pi_ref),
-    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (unbiased and non-negative)."""
-    if estimator == "k1":
-        return logps_NxC - ref_logps_NxC
-    log_ratio = ref_logps_NxC - logps_NxC
-    return jnp.exp(log_ratio) - log_ratio - 1.0
+    """Per-token KL(pi || pi_ref) penalty on tokens x sampled from pi, whose gradient is, in expectation,
+    the gradient of KL(pi || pi_ref) itself.
+
+    With log r = log pi(x) - log pi_ref(x):
+    - k2 = (log r)^2 / 2. Its gradient, log r * grad log pi(x), averages to the KL's gradient exactly.
+    - k3 (the default): the value of the paper's pi_ref/pi - log(pi_ref/pi) - 1 (unbiased, non-negative),
+      with k2's gradient. Departure from GRPO (DeepSeekMath) and TRL, which differentiate k3 as written:
+      that gradient, (1 - pi_ref/pi) grad log pi(x), averages to the gradient of the other direction,
+      KL(pi_ref || pi), which on peaked next-token distributions can point away from the KL's own
+      (tests/trainer/test_trainer_objective.py holds a 5-token case at cosine -0.45). Value and gradient
+      are combined straight-through, as verl's `k3+`.
+    k1 = log r is not offered: as a loss its gradient is grad log pi(x), which averages to zero under pi,
+    so beta * k1 would add noise and no pull towards the reference.
+    """
+    log_ratio = logps_NxC - ref_logps_NxC
+    k2 = 0.5 * jnp.square(log_ratio)
+    if estimator == "k2":
+        return k2
+    k3 = jnp.exp(-log_ratio) + log_ratio - 1.0
+    return k2 + jax.lax.stop_gradient(k3 - k2)
 
 
 def token_weights(mask_NxC: jax.Array, loss_type: str, max_length: int) -> jax.Array:
