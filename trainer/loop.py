@@ -1,9 +1,10 @@
 """The GRPO loop: set up once, then each step rollout -> rewards -> advantages -> update -> push -> report.
 
 How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
-- Normalisation follows train.loss_type: `grpo` is the paper's 1/G sum_i 1/|o_i| sum_t; the default
-  `dapo` averages over every completion token of the batch (DAPO); `dr_grpo` divides by rows x max
-  new tokens (Dr. GRPO).
+- Normalisation follows train.loss_type: `grpo` is the paper's 1/G sum_i 1/|o_i| sum_t, except that
+  G counts the rows with tokens in the loss, where TRL divides by all rows (so rows dropped by dynamic
+  sampling or mask_truncated_completions do not dilute the rest); the default `dapo` averages over
+  every loss token of the batch (DAPO); `dr_grpo` divides by rows x max new tokens (Dr. GRPO).
 - Clipping is asymmetric (epsilon_low / epsilon_high, DAPO's clip-higher); the paper has one epsilon.
 - The KL penalty is added to the loss only when beta > 0. The default beta is 0 (DAPO, Dr. GRPO),
   which also skips the reference model. Its default estimator k3 has the paper's value but the
@@ -12,12 +13,19 @@ How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
 - Advantages divide by the group's population std + 1e-4, by the batch std, or not at all (Dr. GRPO).
 - Dynamic sampling (DAPO) zero-weights groups whose rewards are all equal instead of drawing more
   prompts to refill the batch, so every step keeps its compiled shapes.
-- One update per rollout batch by default (mu = 1): the ratio is exactly 1 and the loss value is 0;
-  its gradient is the policy gradient. With num_iterations > 1 the trainer recomputes old log-probs
-  before the first update.
-- Old log-probs come from the trainer, never the rollout engine. The engine's log-probs give the
-  logged rollout/trainer mismatch and, with importance_sampling_cap > 0, a truncated importance
-  weight min(pi_old / pi_rollout, cap) per token.
+- One update per rollout batch by default (mu = 1): pi_old is the detached current policy, as in TRL,
+  so the ratio is exactly 1 and the gradient is the policy gradient. The loss value is then minus the
+  token-weighted mean advantage (plus beta KL): 0 for `grpo` when every row of a group counts in the
+  loss (a group's advantages sum to 0 and each row weighs the same), but not for the default `dapo` or
+  for `dr_grpo`, which weigh rows by their lengths (trl#2703's "the loss reads 0" is this `grpo` case).
+- Only with num_iterations > 1 or importance_sampling_cap > 0 does a separate forward compute pi_old
+  before the first update (otherwise a second, separately compiled forward could differ from the
+  update's own in bf16 and clip tokens for nothing). Old log-probs come from the trainer, never the
+  rollout engine. The engine's log-probs give the logged rollout/trainer mismatch (against the first
+  update's forward) and, with importance_sampling_cap > 0, a truncated importance weight
+  min(pi_old / pi_rollout, cap) per token.
+- Entropy, clip ratios, KL and the mismatch are means over every generated token, whether or not it
+  counts in the loss, so a step whose groups all drop out still describes the policy.
 - Rewards are outcome rewards (correctness, format, tag count); no reward model.
 """
 
@@ -124,12 +132,13 @@ class GRPOLoop:
                                    self.position.data_position)
         self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
                                          config.rollout.top_k, config.rollout.top_p)
-        self.needs_old_logps = (config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
-                                or config.rollout.backend == "sglang_jax")
+        # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
+        # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
+        self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
         self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)
         self.train_step = make_train_step(
             self.model, self.optimizer, loss_settings(config.train, config.rollout.max_length_sample),
-            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.needs_old_logps,
+            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
             self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
 
@@ -211,7 +220,8 @@ class GRPOLoop:
         zeros = np.zeros_like(loss_mask)
         rollout_logps = rollout.logprobs_NxC if rollout.logprobs_NxC is not None else zeros
         return {"prompt_ids_NxP": prompt_ids, "prompt_mask_NxP": prompt_mask,
-                "completion_ids_NxC": rollout.completion_ids_NxC, "loss_mask_NxC": loss_mask,
+                "completion_ids_NxC": rollout.completion_ids_NxC,
+                "completion_mask_NxC": rollout.completion_mask_NxC.astype(np.float32), "loss_mask_NxC": loss_mask,
                 "advantages_N": advantages_N, "old_logps_NxC": zeros, "ref_logps_NxC": zeros,
                 "rollout_logps_NxC": rollout_logps.astype(np.float32)}
 
@@ -224,25 +234,24 @@ class GRPOLoop:
         """Old / reference log-probs where needed, then num_iterations optimizer steps on one batch."""
         batch = batch_from_host(host, self.mesh)
         args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
-        mismatch = None
-        if self.needs_old_logps:
+        if self.use_old_logps:
             batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
-            if rollout.logprobs_NxC is not None:
-                mismatch = self.logprob_mismatch(batch.old_logps_NxC, rollout)
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
+        first = None
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)
+            first = metrics if first is None else first
+        mismatch = self.logprob_mismatch(first) if rollout.logprobs_NxC is not None else None
         return jax.device_get(metrics), mismatch
 
-    def logprob_mismatch(self, trainer_logps_global, rollout: RolloutOutput) -> dict[str, float]:
-        """Mean and max |logp_engine - logp_trainer| over the generated tokens of all processes."""
-        trainer_logps = sharding.local_rows(trainer_logps_global, self.mesh)
-        mask = rollout.completion_mask_NxC.astype(bool)
-        diff = np.abs(rollout.logprobs_NxC - trainer_logps)[mask]
-        sums = sharding.gather_to_all(np.array([[diff.sum(), diff.size, diff.max(initial=0.0)]]))
-        return {"rollout/logprob_mismatch_mean": float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1)),
-                "rollout/logprob_mismatch_max": float(sums[:, 2].max())}
+    @staticmethod
+    def logprob_mismatch(first_step_metrics) -> dict[str, float]:
+        """Mean and max |logp_engine - logp_trainer| over every generated token of the step, from the first
+        update's forward (the policy that sampled)."""
+        metrics = jax.device_get(first_step_metrics)
+        return {"rollout/logprob_mismatch_mean": float(metrics["mismatch"]),
+                "rollout/logprob_mismatch_max": float(metrics["mismatch_max"])}
 
     def report(self, step, train_metrics, scores, rewards_N, rollout: RolloutOutput, mismatch, dt) -> dict:
         lengths = sharding.gather_to_all(rollout.lengths_N)

@@ -67,6 +67,33 @@ def test_scripted_rollouts_give_the_hand_computed_step_lines_and_wandb_rows(tmp_
     assert rows[2]["eval/pass@1"] == 0.5
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(tmp_path, gsm8k_dir, tiny_model_dir,
+                                                                               loss_type):
+    """At mu = 1 the ratio is 1, so the loss is -sum_i w_i A_i: 0 for grpo's equal row weights, not for the
+    length-weighted dapo and dr_grpo (right answers are longer than wrong ones here)."""
+    texts, backends = [], []
+    complete = _answer_even_rows(gsm8k_dir)
+
+    def recording(prompt, row):
+        texts.append(complete(prompt, row))
+        return texts[-1]
+
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
+                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
+                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", f"train.loss_type={loss_type}")
+    lines = []
+    train(config, start(config), _mock_factory(recording, backends), out=lines.append)
+    lengths = np.array([min(len(backends[0].tokenizer.encode(text)) + 1, 24) for text in texts])  # + stop token
+    advantage = 0.5 / (0.5 + 1e-4)  # rewards 1, 0, 1, 0 in every group: mean 0.5, std 0.5
+    advantages = np.where(np.arange(16) % 2 == 0, advantage, -advantage)
+    expected = {"grpo": 0.0, "dapo": -(lengths * advantages).sum() / lengths.sum(),
+                "dr_grpo": -(lengths * advantages).sum() / (16 * 24)}[loss_type]
+    (line,) = [m for m in map(STEP_LINE.match, lines) if m]
+    assert float(line.group(2)) == pytest.approx(expected, abs=1.5e-6)
+    assert loss_type == "grpo" or abs(expected) > 0.05
+
+
 def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, capsys, gsm8k_dir, tiny_model_dir):
     import wandb
 
@@ -91,8 +118,82 @@ def test_dynamic_sampling_and_kl_show_in_metrics(tmp_path, monkeypatch, gsm8k_di
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
     assert rows[0]["frac_reward_zero_std"] == 1.0
-    assert rows[0]["loss"] == 0.0 and rows[0]["entropy"] == 0.0  # no token counts
+    assert rows[0]["loss"] == 0.0  # no token counts in the loss ...
+    assert rows[0]["entropy"] > 1.0  # ... but the statistics still describe the policy (~6.2 nats here)
     assert "kl" in rows[0]
+
+
+def _shifted_logps_fn(calls: list):
+    """The trainer's separate log-prob forward, disagreeing with the update's own forward by 0.5 nats, as
+    two differently compiled bf16 forwards may on a TPU."""
+    import trainer.loop as loop_module
+
+    real = loop_module.make_logps_fn
+
+    def make(model, mesh, temperature):
+        fn = real(model, mesh, temperature)
+
+        def shifted(*args):
+            calls.append(1)
+            return fn(*args) - 0.5
+
+        return shifted
+
+    return make
+
+
+@pytest.mark.parametrize("sets, separate_forwards", [
+    (["rollout.backend=sglang_jax"], 0),  # one update per batch: the ratio's denominator is the detached current
+    (["rollout.backend=sglang_jax", "train.num_iterations=2"], 1),  # the policy before the first update
+    (["train.importance_sampling_cap=2.0"], 1),  # the IS weight needs pi_old
+])
+def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, monkeypatch, gsm8k_dir, tiny_model_dir,
+                                                                     sets, separate_forwards):
+    import trainer.loop as loop_module
+
+    calls = []
+    monkeypatch.setattr(loop_module, "make_logps_fn", _shifted_logps_fn(calls))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
+                     "rollout.global_length=384", "rollout.max_length_sample=8", "rollout.batch_size=2",
+                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
+    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), []), out=lambda line: None)
+    rows, _ = wandb_history(tmp_path / "wandb-dir")
+    assert len(calls) == separate_forwards
+    if not separate_forwards:  # ratio exactly 1: nothing clipped, whatever the other forward says
+        assert rows[0]["clip_ratio/region_mean"] == 0.0
+    else:  # the shifted pi_old makes the ratio e^0.5 > 1 + eps_high: the positive-advantage half clips
+        assert rows[0]["clip_ratio/region_mean"] > 0.2
+
+
+def _rollout_logps_off_by(offset: float):
+    """The real JAX sampler, reporting log-probs `offset` nats above its own on generated tokens."""
+
+    def factory(*args):
+        backend = make_backend(*args)
+        real_generate = backend.generate
+
+        def generate(*generate_args, **kwargs):
+            out = real_generate(*generate_args, **kwargs)
+            out.logprobs_NxC = out.logprobs_NxC + offset * out.completion_mask_NxC
+            return out
+
+        backend.generate = generate
+        return backend
+
+    return factory
+
+
+@pytest.mark.parametrize("offset, sets", [(0.0, []), (0.25, []), (0.25, ["train.num_iterations=2"])])
+def test_the_rollout_trainer_log_prob_mismatch_is_logged(tmp_path, monkeypatch, offset, sets):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    config = _config(tmp_path, "steps=2", "wandb.mode=offline", "rollout.batch_size=2", "rollout.num_pre_q=4",
+                     "train.micro_batch_size=8", *sets)
+    train(config, start(config), _rollout_logps_off_by(offset), out=lambda line: None)
+    rows, _ = wandb_history(tmp_path / "wandb-dir")
+    for row in rows:  # the sampler and the trainer agree to float32 rounding on CPU
+        assert abs(row["rollout/logprob_mismatch_mean"] - offset) < 1e-4
+        assert abs(row["rollout/logprob_mismatch_max"] - offset) < 1e-3
 
 
 def _final_params(tmp_path):

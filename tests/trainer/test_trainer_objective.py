@@ -38,6 +38,7 @@ def test_kl_estimators():
 
 
 MASK = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
+ALL = True  # every token generated (broadcasts over the [rows, tokens] arrays)
 
 
 @pytest.mark.parametrize("loss_type, expected", [
@@ -47,6 +48,14 @@ MASK = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
 ])
 def test_token_weights(loss_type, expected):
     np.testing.assert_allclose(token_weights(MASK, loss_type, max_length=3), expected, rtol=1e-6)
+
+
+def test_grpo_divides_by_the_rows_with_loss_tokens_not_all_rows():
+    """An empty row (dropped by dynamic sampling) does not count in grpo's row mean; TRL's mean over all
+    3 rows would give [[1/6, 1/6, 0], [1/3, 0, 0], [0, 0, 0]]."""
+    mask = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], jnp.float32)
+    np.testing.assert_allclose(token_weights(mask, "grpo", max_length=3), [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]],
+                               rtol=1e-6)
 
 
 def _settings(**overrides):
@@ -59,9 +68,9 @@ def test_clipped_surrogate_per_token():
     logps = jnp.log(jnp.array([[1.5, 1.5, 0.5, 0.5]]))
     old = jnp.zeros((1, 4))
     advantages = jnp.array([1.0])
-    loss, stats = per_token_loss(logps, old, advantages, old, old, _settings())
+    loss, stats = per_token_loss(logps, old, advantages, old, old, ALL, _settings())
     np.testing.assert_allclose(loss, [[-1.28, -1.28, -0.5, -0.5]], rtol=1e-6)
-    loss_neg, stats_neg = per_token_loss(logps, old, -advantages, old, old, _settings())
+    loss_neg, stats_neg = per_token_loss(logps, old, -advantages, old, old, ALL, _settings())
     np.testing.assert_allclose(loss_neg, [[1.5, 1.5, 0.8, 0.8]], rtol=1e-6)
     np.testing.assert_array_equal(stats["clip_high"], [[1, 1, 0, 0]])
     np.testing.assert_array_equal(stats_neg["clip_low"], [[0, 0, 1, 1]])
@@ -69,12 +78,12 @@ def test_clipped_surrogate_per_token():
 
 def test_kl_term_is_added_with_beta():
     logps, ref = jnp.log(jnp.array([[0.5]])), jnp.log(jnp.array([[0.25]]))
-    loss, stats = per_token_loss(logps, logps, jnp.array([0.0]), ref, logps, _settings(beta=0.1))
+    loss, stats = per_token_loss(logps, logps, jnp.array([0.0]), ref, logps, ALL, _settings(beta=0.1))
     np.testing.assert_allclose(loss, [[0.1 * (0.5 + math.log(2) - 1)]], rtol=1e-6)
     np.testing.assert_allclose(stats["kl"], [[0.5 + math.log(2) - 1]], rtol=1e-6)
     # d/dlogp of beta * k3 with a stop-gradient old policy is k2's: beta * log(pi / pi_ref) = 0.1 * log 2
     # (k3 differentiated as written would give beta * (1 - pi_ref / pi) = 0.05; see kl_divergence).
-    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([0.0]), ref, lp,
+    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([0.0]), ref, lp, ALL,
                                               _settings(beta=0.1))[0].sum())(logps)
     np.testing.assert_allclose(grad, [[0.1 * math.log(2)]], rtol=1e-5)
 
@@ -82,13 +91,14 @@ def test_kl_term_is_added_with_beta():
 def test_truncated_importance_weight():
     logps = jnp.log(jnp.array([[0.3, 0.3]]))
     rollout = jnp.log(jnp.array([[0.1, 0.2]]))  # pi_old / pi_rollout = 3 (capped to 2) and 1.5
-    loss, _ = per_token_loss(logps, logps, jnp.array([1.0]), logps, rollout, _settings(importance_sampling_cap=2.0))
+    loss, _ = per_token_loss(logps, logps, jnp.array([1.0]), logps, rollout, ALL,
+                             _settings(importance_sampling_cap=2.0))
     np.testing.assert_allclose(loss, [[-2.0, -1.5]], rtol=1e-5)
 
 
 def test_policy_gradient_at_ratio_one_is_advantage_times_score():
     logps = jnp.log(jnp.array([[0.5, 0.25]]))
-    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([2.0]), lp, lp,
+    grad = jax.grad(lambda lp: per_token_loss(lp, jax.lax.stop_gradient(lp), jnp.array([2.0]), lp, lp, ALL,
                                               _settings())[0].sum())(logps)
     np.testing.assert_allclose(grad, [[-2.0, -2.0]], rtol=1e-6)
 
@@ -147,7 +157,7 @@ def _expected_loss_gradient(estimator, logits, ref_logits) -> np.ndarray:
     def token_loss(z, token):
         logp = jax.nn.log_softmax(z)[token].reshape(1, 1)
         loss, _ = per_token_loss(logp, jax.lax.stop_gradient(logp), jnp.zeros(1), ref_logps[token].reshape(1, 1),
-                                 logp, _settings(beta=1.0, kl_estimator=estimator))
+                                 logp, ALL, _settings(beta=1.0, kl_estimator=estimator))
         return loss.sum()
 
     z = jnp.asarray(logits, jnp.float32)

@@ -36,6 +36,7 @@ def setup(tiny_model_dir):
     host = {"prompt_ids_NxP": rng.integers(3, 400, (ROWS, PROMPT)).astype(np.int32),
             "prompt_mask_NxP": np.ones((ROWS, PROMPT), np.int32),
             "completion_ids_NxC": rng.integers(3, 400, (ROWS, NEW)).astype(np.int32), "loss_mask_NxC": mask,
+            "completion_mask_NxC": mask.copy(),
             "advantages_N": rng.standard_normal(ROWS).astype(np.float32),
             "old_logps_NxC": np.zeros((ROWS, NEW), np.float32),
             "ref_logps_NxC": np.full((ROWS, NEW), -6.0, np.float32),
@@ -43,11 +44,12 @@ def setup(tiny_model_dir):
     return model, host_params, mesh, host
 
 
-def _step(setup, optimizer, num_micro, train=TrainSection(), host_overrides=None):
+def _step(setup, optimizer, num_micro, train=TrainSection(), host_overrides=None, use_old_logps=False):
     model, host_params, mesh, host = setup
     params = put_tree(host_params, tree_shardings(host_params, mesh))
     state, shardings = init_state(params, optimizer, mesh)
-    step = make_train_step(model, optimizer, loss_settings(train, NEW), num_micro, 1.0, False, shardings, mesh)
+    step = make_train_step(model, optimizer, loss_settings(train, NEW), num_micro, 1.0, use_old_logps, shardings,
+                           mesh)
     batch = batch_from_host(host | (host_overrides or {}), mesh)
     new_state, metrics = step(state, batch)
     return state, new_state, jax.device_get(metrics), step, batch
@@ -121,3 +123,37 @@ def test_warmup_cosine_schedule():
 
 def test_train_batch_fields_match_the_host_dict(setup):
     assert set(TrainBatch.__dataclass_fields__) == set(setup[3])
+
+
+def test_policy_statistics_cover_every_generated_token_even_outside_the_loss(setup):
+    """Dynamic sampling can drop every group from the loss; entropy and clipping still describe the policy."""
+    sgd = optax.sgd(1.0)
+    train = TrainSection(beta=0.1)
+    _, _, counted, _, _ = _step(setup, sgd, 2, train)
+    dropped = {"loss_mask_NxC": np.zeros((ROWS, NEW), np.float32)}
+    _, unchanged, none_counted, _, _ = _step(setup, sgd, 2, train, dropped)
+    assert counted["entropy"] > 1.0  # a near-uniform policy over 512 tokens: ~6.2 nats
+    for key in ("entropy", "kl", "clip_low", "clip_high"):
+        np.testing.assert_allclose(none_counted[key], counted[key], rtol=1e-5)
+    assert none_counted["loss"] == 0.0
+    assert all(np.abs(d).max() == 0 for d in jax.tree.leaves(_delta(setup[1], unchanged)))
+
+
+def test_extreme_log_probs_at_padding_do_not_leak_nan(setup):
+    """Old / reference / rollout log-probs after the stop token are padding: whatever they hold (here values
+    whose ratio overflows float32), the loss and the update are those of clean padding."""
+    _, _, _, host = setup
+    pad = host["completion_mask_NxC"] == 0
+    train = TrainSection(beta=0.1, importance_sampling_cap=2.0)
+    sgd = optax.sgd(1.0)
+    current = {"old_logps_NxC": np.full((ROWS, NEW), -6.2, np.float32),
+               "rollout_logps_NxC": np.full((ROWS, NEW), -6.2, np.float32)}
+    _, clean, clean_metrics, _, _ = _step(setup, sgd, 2, train, current, use_old_logps=True)
+    hostile = {name: np.where(pad, -300.0, value).astype(np.float32) for name, value in current.items()}
+    hostile["ref_logps_NxC"] = np.where(pad, 300.0, host["ref_logps_NxC"]).astype(np.float32)
+    _, dirty, dirty_metrics, _, _ = _step(setup, sgd, 2, train, hostile, use_old_logps=True)
+    for key in ("loss", "grad_norm", "entropy", "kl"):
+        assert np.isfinite(dirty_metrics[key]), key
+        np.testing.assert_allclose(dirty_metrics[key], clean_metrics[key], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(_delta(setup[1], clean)), jax.tree.leaves(_delta(setup[1], dirty)), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-7)
