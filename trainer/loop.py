@@ -165,8 +165,10 @@ class GRPOLoop:
             logger.finish()
 
     def train_one_step(self, step: int, stop: StopSignal) -> dict[str, float]:
+        # The position (step, data, RNG) moves only once the step is done: a SIGTERM before the update
+        # saves the position this step started from, all three consistent.
         start = time.perf_counter()
-        self.position.rng_key, step_key = jax.random.split(self.position.rng_key)
+        next_key, step_key = jax.random.split(self.position.rng_key)
         problems = self.my_rows(self.stream.next_batch(self.config.rollout.batch_size))
         prompt_ids, prompt_mask = self.encode(problems)
         rollout = self.backend.generate(prompt_ids, prompt_mask, self.sampling, seed=_seed_from(step_key))
@@ -181,7 +183,7 @@ class GRPOLoop:
         push_start = time.perf_counter()
         self.backend.push_weights(self.state.params)
         push_s = time.perf_counter() - push_start
-        self.position.step, self.position.data_position = step + 1, self.stream.position
+        self.position = StepPosition(step + 1, self.stream.position, next_key)
         dt = time.perf_counter() - start
         metrics = self.report(step, train_metrics, scores, rewards_N, rollout, mismatch, dt)
         metrics |= {"time/rollout_s": rollout_s, "time/update_s": update_s, "time/weight_push_s": push_s,

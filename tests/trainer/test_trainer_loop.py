@@ -1,5 +1,9 @@
 """The loop end to end in-process: a scripted backend, W&B offline records, evaluation, checkpoint resume."""
 
+import hashlib
+import os
+import signal
+
 import jax
 import numpy as np
 import pytest
@@ -265,3 +269,91 @@ def test_rows_must_divide_the_data_parallel_devices(tmp_path, bad):
 
     with pytest.raises(ConfigError, match="train.micro_batch_size: expected a divisor"):
         _config(tmp_path, bad, "train.micro_batch_size=16")
+
+
+class StepRecorder:
+    """Wraps the real JAX sampler and train step: records each rollout's seed and prompts, and sends this
+    process a real SIGTERM in the middle of one phase (rollout, update or push) of one step."""
+
+    def __init__(self, monkeypatch, phase: str | None = None, step: int = -1):
+        import trainer.loop as loop_module
+
+        self.phase, self.step, self.rollouts, self.updates, self.pushes = phase, step, [], 0, 0
+        real_make_train_step = loop_module.make_train_step
+
+        def make_train_step(*args, **kwargs):
+            real_step = real_make_train_step(*args, **kwargs)
+
+            def train_step(state, batch):
+                self.updates += 1
+                self._maybe_terminate("update", self.updates - 1)
+                return real_step(state, batch)
+
+            return train_step
+
+        monkeypatch.setattr(loop_module, "make_train_step", make_train_step)
+
+    def _maybe_terminate(self, phase: str, step: int) -> None:
+        if (phase, step) == (self.phase, self.step):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def factory(self, *args):
+        backend = make_backend(*args)
+        real_generate, real_push = backend.generate, backend.push_weights
+
+        def generate(prompt_ids, prompt_mask, settings, seed):
+            self.rollouts.append((seed, hashlib.sha256(prompt_ids.tobytes()).hexdigest()))
+            self._maybe_terminate("rollout", len(self.rollouts) - 1)
+            return real_generate(prompt_ids, prompt_mask, settings, seed)
+
+        def push_weights(params):
+            self.pushes += 1
+            self._maybe_terminate("push", self.pushes - 2)  # the first push is before step 0
+            return real_push(params)
+
+        backend.generate, backend.push_weights = generate, push_weights
+        return backend
+
+
+def _step_lines_without_dt(lines):
+    return [line.rsplit(" dt=", 1)[0] for line in lines if line.startswith("step=")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("straight")
+    config = _config(tmp_path, "steps=4", "checkpoint.every_steps=100")
+    lines = []
+    with pytest.MonkeyPatch.context() as patch:
+        recorder = StepRecorder(patch)
+        train(config, start(config), recorder.factory, out=lines.append)
+    return recorder.rollouts, _step_lines_without_dt(lines), _final_params(tmp_path)
+
+
+@pytest.mark.parametrize("phase, saved_step", [("rollout", 2), ("update", 3), ("push", 3)])
+def test_sigterm_in_any_phase_resumes_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch, uninterrupted, phase,
+                                                                       saved_step):
+    """SIGTERM during step 2's rollout saves the state step 2 started from; during its update or push, the
+    state after it. Either way the resumed run draws the same seeds and prompts and computes the same
+    losses and weights as a run never stopped."""
+    from trainer.loop import Terminated
+
+    straight_rollouts, straight_lines, (final_step, final_params) = uninterrupted
+    config = _config(tmp_path, "steps=4", "checkpoint.every_steps=100")
+    stopped, resumed = [], []
+    recorder = StepRecorder(monkeypatch, phase, step=2)
+    with pytest.raises(Terminated):
+        train(config, start(config), recorder.factory, out=stopped.append)
+    assert f"SIGTERM: saved checkpoint {saved_step} " in " ".join(stopped)
+    assert recorder.rollouts == straight_rollouts[:3]
+
+    again = StepRecorder(monkeypatch)
+    train(config, start(config), again.factory, out=resumed.append)
+    assert f"resumed from checkpoint {saved_step} " in " ".join(resumed)
+    assert again.rollouts == straight_rollouts[saved_step:]  # same seeds and prompts, step for step
+    assert _step_lines_without_dt(stopped) == straight_lines[:saved_step]
+    assert _step_lines_without_dt(resumed) == straight_lines[saved_step:]  # losses printed to 1e-6
+    step, params = _final_params(tmp_path)
+    assert step == final_step == 4
+    for a, b in zip(jax.tree.leaves(final_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
