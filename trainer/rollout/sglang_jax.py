@@ -13,6 +13,10 @@ sharding error, so batch sizes are padded to at least 2; the KV pool defaults to
 memory, so it is always capped at what the run needs (rows x context length); and with the overlap
 scheduler about half of the engine starts on CPU return log-probs (and samples) that disagree with
 the weights by up to 0.5 nats, so it is off unless rollout.sglang.overlap_schedule is set.
+
+Sampling uses the engine's own random stream, seeded per host from (seed, process index), not the
+step's seed: hosts draw different completions, but a resumed run does not replay the engine's
+samples as it replays the JAX sampler's.
 """
 
 from __future__ import annotations
@@ -127,8 +131,14 @@ def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> d
         precompile_token_paddings=s.precompile_token_paddings or None,
         disable_radix_cache=s.disable_radix_cache, enable_single_process=True,
         disable_overlap_schedule=not s.overlap_schedule,
-        random_seed=config.seed, log_level="error", skip_server_warmup=True,
+        random_seed=engine_seed(config.seed, runtime.process_index), log_level="error", skip_server_warmup=True,
         device_indexes=local_device_indexes(s.tp_size))
+
+
+def engine_seed(seed: int, process_index: int) -> int:
+    """Each host's engine samples with its own seed: engines seeded alike draw the same completions for
+    the rows of a group that a pod splits over its hosts."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0] % 2**31)
 
 
 def job_id_offset() -> int:
