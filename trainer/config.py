@@ -93,7 +93,7 @@ class SglangSection:
     precompile: bool = False  # compile the engine's padding buckets at start
     precompile_token_paddings: list[int] = dataclasses.field(default_factory=list)
     precompile_bs_paddings: list[int] = dataclasses.field(default_factory=list)
-    disable_radix_cache: bool = True  # GRPO prompts repeat only within a group; weights change every step
+    disable_radix_cache: bool = True  # GRPO prompts repeat only within a group; false: flushed at every push
     overlap_schedule: bool = False  # 0.1.0rc0's overlap scheduler races on CPU (see rollout/sglang_jax.py)
 
     def __post_init__(self):

@@ -14,6 +14,9 @@ memory, so it is always capped at what the run needs (rows x context length); an
 scheduler about half of the engine starts on CPU return log-probs (and samples) that disagree with
 the weights by up to 0.5 nats, so it is off unless rollout.sglang.overlap_schedule is set.
 
+With the radix (prefix) cache on (rollout.sglang.disable_radix_cache false), every weight push
+flushes it, or prompts seen before would reuse keys and values computed under the old weights.
+
 Sampling uses the engine's own random stream, seeded per host from (seed, process index), not the
 step's seed: hosts draw different completions, but a resumed run does not replay the engine's
 samples as it replays the JAX sampler's.
@@ -315,6 +318,7 @@ class SglangJaxBackend(RolloutBackend):
         self.our_heads = HeadLayout(model_config.num_attention_heads, model_config.num_key_value_heads,
                                     model_config.head_dim)
         self._push_s = 0.0
+        self._flush_on_push = not config.rollout.sglang.disable_radix_cache
         self._convert = None  # built on the first push, when the params' shardings are known
         self._target_indices: list[int] = []
 
@@ -352,7 +356,16 @@ class SglangJaxBackend(RolloutBackend):
         jax.block_until_ready(leaves)
         self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
         nnx.update(self.runner.model, jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves))
+        if self._flush_on_push:
+            self._flush_prefix_cache()
         self._push_s += time.perf_counter() - start
+
+    def _flush_prefix_cache(self) -> None:
+        """Drop the radix cache's keys and values: they were computed under the weights just replaced,
+        and the next rollout would reuse them for every prompt it has seen (its group's, or a repeat)."""
+        flushed = self.engine.flush_cache()
+        if not flushed.success:
+            raise RuntimeError(f"weight push: sglang-jax refused to flush its prefix cache: {flushed.error_msg}")
 
     def _make_converter(self, params):
         """One jitted function from trainer params to the engine's leaves (layout, dtype, sharding), so a
