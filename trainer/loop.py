@@ -64,6 +64,7 @@ from trainer.train_step import (
     make_logps_fn,
     make_optimizer,
     make_train_step,
+    updates_lost_to_rounding,
 )
 
 BackendFactory = Callable[..., RolloutBackend]
@@ -128,6 +129,7 @@ class GRPOLoop:
                                          config.checkpoint.max_to_keep)
         if config.checkpoint.resume:
             self._resume_from_latest()
+        self.warn_if_updates_round_away()
         self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
                                    self.position.data_position)
         self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
@@ -141,6 +143,17 @@ class GRPOLoop:
             config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
             self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
+
+    def warn_if_updates_round_away(self) -> None:
+        """Say at start when most weights cannot represent a step of the learning rate's size."""
+        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
+        lost = updates_lost_to_rounding(self.state.params, lr)
+        if lost <= 0.5:
+            return
+        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
+                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
+        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
+                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
 
     # --- the story ---------------------------------------------------------------------------------
 

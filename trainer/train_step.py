@@ -62,6 +62,21 @@ def make_optimizer(optim: OptimSection, total_updates: int) -> optax.GradientTra
     return update
 
 
+def updates_lost_to_rounding(params, step_size: float) -> float:
+    """Share of the weights w for which w + step_size and w - step_size both round back to w in w's own
+    dtype: an optimizer step of that size (Lion's is exactly the learning rate, Adam's about it) would
+    leave them unchanged. bf16 weights of std 0.02 lose nearly every update of 1e-6."""
+
+    @jax.jit
+    def count(tree):
+        leaves = jax.tree.leaves(tree)
+        kept = [jnp.sum((w + step_size != w) | (w - step_size != w), dtype=jnp.float32) for w in leaves]
+        return sum(kept), sum(w.size for w in leaves)
+
+    kept, total = count(params)
+    return 1.0 - float(kept) / total
+
+
 def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
                      temperature: float):
     """log pi(completion token) and entropy per completion position, from one forward of the whole row."""

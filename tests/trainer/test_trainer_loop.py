@@ -98,6 +98,25 @@ def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(t
     assert loss_type == "grpo" or abs(expected) > 0.05
 
 
+@pytest.mark.parametrize("sets, warning", [
+    (["model.param_dtype=bfloat16", "optim.name=lion", "optim.learning_rate=1e-6"],  # the smoke preset's
+     "warning: optim.learning_rate 1e-06 is below bfloat16's resolution at the weights' scale: an update that "
+     "size leaves 99.5% of the weights unchanged; float32 master weights (model.param_dtype=float32, compute "
+     "stays in model.dtype) keep them, memory permitting"),
+    (["optim.learning_rate=1e-12"],
+     "warning: optim.learning_rate 1e-12 is below float32's resolution at the weights' scale: an update that "
+     "size leaves 100.0% of the weights unchanged; raise optim.learning_rate"),
+    (["model.param_dtype=bfloat16", "optim.learning_rate=1e-3"], None),
+    (["optim.learning_rate=1e-6"], None),
+])
+def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, tiny_model_dir, sets, warning):
+    config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "rollout.batch_size=2",
+                     "rollout.num_pre_q=4", "train.micro_batch_size=8", *sets)
+    lines = []
+    train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
+    assert [line for line in lines if line.startswith("warning:")] == ([warning] if warning else [])
+
+
 def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, capsys, gsm8k_dir, tiny_model_dir):
     import wandb
 
