@@ -53,12 +53,12 @@ KL_ESTIMATORS = ("k2", "k3")  # what each is, and why k1 is not offered: trainer
 @dataclasses.dataclass
 class ModelSection:
     dtype: str = "auto"  # compute dtype; auto: bfloat16 on TPU, float32 elsewhere
-    param_dtype: str = "float32"  # master weights and optimizer state
+    param_dtype: str = "float32"  # master weights and optimizer state; auto: float32 where it fits, else bfloat16
     remat: bool = False  # recompute layer activations in the backward pass
 
     def __post_init__(self):
         _one_of("model.dtype", self.dtype, DTYPES)
-        _one_of("model.param_dtype", self.param_dtype, DTYPES[1:])
+        _one_of("model.param_dtype", self.param_dtype, DTYPES)
 
 
 @dataclasses.dataclass

@@ -49,12 +49,12 @@ from trainer.config import TrainerConfig, to_yaml
 from trainer.data import PromptStream, fitting_problems, left_pad, load_gsm8k, synthetic_arithmetic
 from trainer.evaluation import evaluate
 from trainer.metrics import WandbLogger, print_flushed, step_line
-from trainer.model.load import build_model, compute_dtype, resolve_model_dir
+from trainer.model.load import MASTER_WEIGHTS_SHARE, build_model, compute_dtype, master_weights_dtype, resolve_model_dir
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rewards import score_completions
 from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
-from trainer.runtime import Runtime
+from trainer.runtime import Runtime, device_memory_bytes
 from trainer.sampling import SamplingSettings
 from trainer.train_step import (
     batch_from_host,
@@ -347,10 +347,14 @@ def _seed_from(key: jax.Array) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> TrainerConfig:
+def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path,
+                        out: Callable[[str], None] = print_flushed) -> TrainerConfig:
     """The config with `auto` / 0 values replaced by what this run will use, as the log should show."""
     dtype = jnp.dtype(compute_dtype(config.model.dtype, runtime.platform)).name
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
+    if config.model.param_dtype == "auto":
+        param_dtype = resolve_param_dtype(config, Qwen2Config.from_dir(model_dir), runtime, out)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, param_dtype=param_dtype))
     if config.rollout.backend == "sglang_jax":
         from trainer.rollout.sglang_jax import resolve_engine_section
 
@@ -359,10 +363,28 @@ def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path
     return config
 
 
+def resolve_param_dtype(config: TrainerConfig, model: Qwen2Config, runtime: Runtime, out: Callable[[str], None]) -> str:
+    """float32 master weights where they fit beside the engine's weights, else bfloat16 (and say why)."""
+    engine_bytes = 0
+    if config.rollout.backend == "sglang_jax":
+        engine_dtype = config.model.dtype if config.rollout.sglang.dtype == "auto" else config.rollout.sglang.dtype
+        engine_devices = config.rollout.sglang.tp_size or jax.local_device_count()
+        engine_bytes = model.num_params() * jnp.dtype(engine_dtype).itemsize // engine_devices
+    shards = runtime.mesh.shape["fsdp"] * runtime.mesh.shape["tp"]
+    device_bytes = device_memory_bytes(runtime.platform)
+    dtype, needed = master_weights_dtype(model.num_params(), 1 if config.optim.name == "lion" else 2, shards,
+                                         engine_bytes, device_bytes)
+    if dtype != "float32":
+        out(f"model.param_dtype auto: bfloat16, because float32 master weights would need about "
+            f"{needed / 2**30:.3g} GiB per device with the engine's weights, over "
+            f"{MASTER_WEIGHTS_SHARE:.0%} of the {device_bytes / 2**30:.3g} GiB a device has")
+    return dtype
+
+
 def train(config: TrainerConfig, runtime: Runtime, backend_factory: BackendFactory = make_backend,
           out: Callable[[str], None] = print_flushed) -> None:
     """Resolve the model and the auto values, print the effective config, then run the loop."""
     model_dir = resolve_model_dir(config.model_path, config.out_dir)
-    config = resolve_auto_values(config, runtime, model_dir)
+    config = resolve_auto_values(config, runtime, model_dir, out)
     out(to_yaml(config).rstrip())
     GRPOLoop(config, runtime, model_dir, backend_factory, out).run()

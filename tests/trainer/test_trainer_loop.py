@@ -117,6 +117,27 @@ def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, t
     assert [line for line in lines if line.startswith("warning:")] == ([warning] if warning else [])
 
 
+@pytest.mark.parametrize("device_gib, expected", [(8.0, "float32"), (0.002, "bfloat16")])
+def test_auto_master_weights_follow_the_device_memory(tmp_path, monkeypatch, tiny_model_dir, device_gib, expected):
+    """The smoke preset's `auto` on devices of a given size (a TPU's limit cannot be had here, so the size
+    is given): the tiny model's float32 state with Lion is 16 bytes x its parameters."""
+    import trainer.loop as loop_module
+    from trainer.loop import resolve_auto_values
+    from trainer.model.qwen2 import Qwen2Config
+
+    monkeypatch.setattr(loop_module, "device_memory_bytes", lambda platform: int(device_gib * 2**30))
+    config = load_config("smoke", sets=[f"model_path={tiny_model_dir}", "rollout.backend=jax",
+                                        f"out_dir={tmp_path}"], environ={})
+    lines = []
+    resolved = resolve_auto_values(config, start(config), tiny_model_dir, out=lines.append)
+    assert config.model.param_dtype == "auto" and resolved.model.param_dtype == expected
+    needed = Qwen2Config.from_dir(tiny_model_dir).num_params() * 16
+    assert needed > 0.75 * 0.002 * 2**30  # so 2 MiB devices are too small, 8 GiB ones are not
+    assert lines == ([] if expected == "float32" else [
+        f"model.param_dtype auto: bfloat16, because float32 master weights would need about "
+        f"{needed / 2**30:.3g} GiB per device with the engine's weights, over 75% of the 0.002 GiB a device has"])
+
+
 def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, capsys, gsm8k_dir, tiny_model_dir):
     import wandb
 
