@@ -144,17 +144,6 @@ class GRPOLoop:
             self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
 
-    def warn_if_updates_round_away(self) -> None:
-        """Say at start when most weights cannot represent a step of the learning rate's size."""
-        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
-        lost = updates_lost_to_rounding(self.state.params, lr)
-        if lost <= 0.5:
-            return
-        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
-                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
-        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
-                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
-
     # --- the story ---------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -322,6 +311,17 @@ class GRPOLoop:
             self.save_checkpoint()
             self.out(f"SIGTERM: saved checkpoint {self.position.step} in {self.checkpointer.directory}; exiting")
             raise Terminated()
+
+    def warn_if_updates_round_away(self) -> None:
+        """Say at start when most weights cannot represent a step of the learning rate's size."""
+        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
+        lost = updates_lost_to_rounding(self.state.params, lr)
+        if lost <= 0.5:
+            return
+        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
+                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
+        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
+                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
 
     def _resume_from_latest(self) -> None:
         latest = self.checkpointer.latest_step()
