@@ -66,7 +66,7 @@ def main() -> None:
 
     steady = steps[1:] or steps
     update_s = statistics.median(m["time/update_s"] for m in steady)
-    forwards = 3 + (1 if loop.needs_old_logps else 0) + (1 if config.train.beta > 0 else 0)
+    forwards = 3 + (1 if loop.use_old_logps else 0) + (1 if config.train.beta > 0 else 0)
     flops = update_flops(loop.model.config, config.rows, config.rollout.global_length,
                          config.rollout.max_length_sample, forwards) * config.train.num_iterations
     peak = perf.matmul_peak_flops(dtype=loop.model.dtype)

@@ -3,13 +3,16 @@
 Precedence, lowest first: the built-in defaults (the cpu-tiny preset) -> a named preset -> a YAML file
 -> repeated `--set a.b=value` (value parsed as YAML) -> the upstream environment variables
 (MODEL_PATH, STEPS, ...). Every mistake is a `ConfigError` naming the key, the value received and
-what was expected.
+what was expected. A number field takes every spelling of a number a user writes (`1e-6`, `1E-6`,
+`3e-5`, `.5`, `1_000`) by all three routes, and refuses nan and infinities.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -44,17 +47,18 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 DTYPES = ("auto", "float32", "bfloat16")
 BACKENDS = ("jax", "sglang_jax")
 REWARD_NAMES = ("correctness", "format", "tag_count")
+KL_ESTIMATORS = ("k2", "k3")  # what each is, and why k1 is not offered: trainer.losses.kl_divergence
 
 
 @dataclasses.dataclass
 class ModelSection:
     dtype: str = "auto"  # compute dtype; auto: bfloat16 on TPU, float32 elsewhere
-    param_dtype: str = "float32"  # master weights and optimizer state
+    param_dtype: str = "float32"  # master weights and optimizer state; auto: float32 where it fits, else bfloat16
     remat: bool = False  # recompute layer activations in the backward pass
 
     def __post_init__(self):
         _one_of("model.dtype", self.dtype, DTYPES)
-        _one_of("model.param_dtype", self.param_dtype, DTYPES[1:])
+        _one_of("model.param_dtype", self.param_dtype, DTYPES)
 
 
 @dataclasses.dataclass
@@ -89,7 +93,7 @@ class SglangSection:
     precompile: bool = False  # compile the engine's padding buckets at start
     precompile_token_paddings: list[int] = dataclasses.field(default_factory=list)
     precompile_bs_paddings: list[int] = dataclasses.field(default_factory=list)
-    disable_radix_cache: bool = True  # GRPO prompts repeat only within a group; weights change every step
+    disable_radix_cache: bool = True  # GRPO prompts repeat only within a group; false: flushed at every push
     overlap_schedule: bool = False  # 0.1.0rc0's overlap scheduler races on CPU (see rollout/sglang_jax.py)
 
     def __post_init__(self):
@@ -137,7 +141,7 @@ class RolloutSection:
 class TrainSection:
     loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean; dr_grpo: / (rows x max_length_sample)
     beta: float = 0.0  # KL weight; > 0 keeps a frozen reference copy of the initial weights
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k3"  # k3's value with k2's gradient, or k2 (see trainer/losses.py)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
     num_iterations: int = 1  # updates per rollout batch (mu); > 1 recomputes old log-probs first
@@ -150,7 +154,9 @@ class TrainSection:
     def __post_init__(self):
         _one_of("train.loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo"))
         _non_negative("train.beta", self.beta)
-        _one_of("train.kl_estimator", self.kl_estimator, ("k1", "k3"))
+        if self.kl_estimator not in KL_ESTIMATORS:
+            _fail("train.kl_estimator", "k2 or k3 (k1 was removed: as a loss its gradient is zero in expectation)",
+                  self.kl_estimator)
         for key in ("epsilon_low", "epsilon_high"):
             if not 0.0 < getattr(self, key) < 1.0:
                 _fail(f"train.{key}", "a number in (0, 1)", getattr(self, key))
@@ -189,7 +195,7 @@ class OptimSection:
 class RewardSection:
     weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"correctness": 1.0, "format": 0.0, "tag_count": 0.0})
-    correctness_mode: str = "any"  # strict (####), boxed, flexible (last number), any (first that matches)
+    correctness_mode: str = "any"  # strict (####), boxed, flexible (last number), any (precedence: trainer/rewards.py)
 
     def __post_init__(self):
         for name in self.weights:
@@ -361,8 +367,25 @@ def load_yaml_file(path: str) -> dict:
     return _expand_vars(loaded)
 
 
+# A number as users type it: PyYAML (YAML 1.1) leaves `1e-6`, `1E-6` and `3e-5` as text, because its
+# floats need a dot and a signed exponent, so float fields also read the text of a number.
+_NUMBER_TEXT = re.compile(r"[-+]?(?:\d+(?:_\d+)*(?:\.(?:\d+(?:_\d+)*)?)?|\.\d+(?:_\d+)*)(?:[eE][-+]?\d+)?")
+
+
+def _as_number(value: Any) -> float | None:
+    """A float from a YAML int or float, or from text that spells a number (`1e-6`, `.5`, `1_000`)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        return float(value.strip().replace("_", ""))
+    return None
+
+
 def _coerce(key: str, annotation: Any, value: Any) -> Any:
-    """Check one leaf against its annotation; ints pass as floats, nothing else is converted."""
+    """Check one leaf against its annotation; ints and the text of a number pass as floats, nothing else
+    is converted."""
     origin = typing.get_origin(annotation)
     if annotation is bool:
         if not isinstance(value, bool):
@@ -373,9 +396,12 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
             _fail(key, "an integer", value)
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _as_number(value)
+        if number is None:
             _fail(key, "a number", value)
-        return float(value)
+        if not math.isfinite(number):
+            _fail(key, "a finite number", value)
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             _fail(key, "a string", value)

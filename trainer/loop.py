@@ -1,21 +1,31 @@
 """The GRPO loop: set up once, then each step rollout -> rewards -> advantages -> update -> push -> report.
 
 How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
-- Normalisation follows train.loss_type: `grpo` is the paper's 1/G sum_i 1/|o_i| sum_t; the default
-  `dapo` averages over every completion token of the batch (DAPO); `dr_grpo` divides by rows x max
-  new tokens (Dr. GRPO).
+- Normalisation follows train.loss_type: `grpo` is the paper's 1/G sum_i 1/|o_i| sum_t, except that
+  G counts the rows with tokens in the loss, where TRL divides by all rows (so rows dropped by dynamic
+  sampling or mask_truncated_completions do not dilute the rest); the default `dapo` averages over
+  every loss token of the batch (DAPO); `dr_grpo` divides by rows x max new tokens (Dr. GRPO).
 - Clipping is asymmetric (epsilon_low / epsilon_high, DAPO's clip-higher); the paper has one epsilon.
-- The KL penalty (k3 as in the paper, or k1) is added to the loss only when beta > 0. The default
-  beta is 0 (DAPO, Dr. GRPO), which also skips the reference model.
+- The KL penalty is added to the loss only when beta > 0. The default beta is 0 (DAPO, Dr. GRPO),
+  which also skips the reference model. Its default estimator k3 has the paper's value but the
+  gradient of k2, whose expectation is the KL's gradient: k3 differentiated as written has the
+  gradient of KL(pi_ref || pi) instead (trainer/losses.py). k1 is not offered: its expected gradient is 0.
 - Advantages divide by the group's population std + 1e-4, by the batch std, or not at all (Dr. GRPO).
 - Dynamic sampling (DAPO) zero-weights groups whose rewards are all equal instead of drawing more
   prompts to refill the batch, so every step keeps its compiled shapes.
-- One update per rollout batch by default (mu = 1): the ratio is exactly 1 and the loss value is 0;
-  its gradient is the policy gradient. With num_iterations > 1 the trainer recomputes old log-probs
-  before the first update.
-- Old log-probs come from the trainer, never the rollout engine. The engine's log-probs give the
-  logged rollout/trainer mismatch and, with importance_sampling_cap > 0, a truncated importance
-  weight min(pi_old / pi_rollout, cap) per token.
+- One update per rollout batch by default (mu = 1): pi_old is the detached current policy, as in TRL,
+  so the ratio is exactly 1 and the gradient is the policy gradient. The loss value is then minus the
+  token-weighted mean advantage (plus beta KL): 0 for `grpo` when every row of a group counts in the
+  loss (a group's advantages sum to 0 and each row weighs the same), but not for the default `dapo` or
+  for `dr_grpo`, which weigh rows by their lengths (trl#2703's "the loss reads 0" is this `grpo` case).
+- Only with num_iterations > 1 or importance_sampling_cap > 0 does a separate forward compute pi_old
+  before the first update (otherwise a second, separately compiled forward could differ from the
+  update's own in bf16 and clip tokens for nothing). Old log-probs come from the trainer, never the
+  rollout engine. The engine's log-probs give the logged rollout/trainer mismatch (against the first
+  update's forward) and, with importance_sampling_cap > 0, a truncated importance weight
+  min(pi_old / pi_rollout, cap) per token.
+- Entropy, clip ratios, KL and the mismatch are means over every generated token, whether or not it
+  counts in the loss, so a step whose groups all drop out still describes the policy.
 - Rewards are outcome rewards (correctness, format, tag count); no reward model.
 """
 
@@ -40,12 +50,12 @@ from trainer.data import PromptStream, fitting_problems, left_pad, load_gsm8k, s
 from trainer.evaluation import evaluate
 from trainer.metrics import WandbLogger, print_flushed, step_line
 from trainer.metrics_log import MetricsLog
-from trainer.model.load import build_model, compute_dtype, resolve_model_dir
+from trainer.model.load import MASTER_WEIGHTS_SHARE, build_model, compute_dtype, master_weights_dtype, resolve_model_dir
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rewards import score_completions
 from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
-from trainer.runtime import Runtime
+from trainer.runtime import Runtime, device_memory_bytes
 from trainer.sampling import SamplingSettings
 from trainer.train_step import (
     batch_from_host,
@@ -55,6 +65,7 @@ from trainer.train_step import (
     make_logps_fn,
     make_optimizer,
     make_train_step,
+    updates_lost_to_rounding,
 )
 
 BackendFactory = Callable[..., RolloutBackend]
@@ -119,16 +130,18 @@ class GRPOLoop:
                                          config.checkpoint.max_to_keep)
         if config.checkpoint.resume:
             self._resume_from_latest()
+        self.warn_if_updates_round_away()
         self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
                                    self.position.data_position)
         self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
                                          config.rollout.top_k, config.rollout.top_p)
-        self.needs_old_logps = (config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
-                                or config.rollout.backend == "sglang_jax")
+        # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
+        # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
+        self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
         self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)
         self.train_step = make_train_step(
             self.model, self.optimizer, loss_settings(config.train, config.rollout.max_length_sample),
-            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.needs_old_logps,
+            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
             self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
 
@@ -158,8 +171,10 @@ class GRPOLoop:
             logger.finish()
 
     def train_one_step(self, step: int, stop: StopSignal) -> dict[str, float]:
+        # The position (step, data, RNG) moves only once the step is done: a SIGTERM before the update
+        # saves the position this step started from, all three consistent.
         start = time.perf_counter()
-        self.position.rng_key, step_key = jax.random.split(self.position.rng_key)
+        next_key, step_key = jax.random.split(self.position.rng_key)
         problems = self.my_rows(self.stream.next_batch(self.config.rollout.batch_size))
         prompt_ids, prompt_mask = self.encode(problems)
         rollout = self.backend.generate(prompt_ids, prompt_mask, self.sampling, seed=_seed_from(step_key))
@@ -174,7 +189,7 @@ class GRPOLoop:
         push_start = time.perf_counter()
         self.backend.push_weights(self.state.params)
         push_s = time.perf_counter() - push_start
-        self.position.step, self.position.data_position = step + 1, self.stream.position
+        self.position = StepPosition(step + 1, self.stream.position, next_key)
         dt = time.perf_counter() - start
         metrics = self.report(step, train_metrics, scores, rewards_N, rollout, mismatch, dt)
         metrics |= {"time/rollout_s": rollout_s, "time/update_s": update_s, "time/weight_push_s": push_s,
@@ -213,7 +228,8 @@ class GRPOLoop:
         zeros = np.zeros_like(loss_mask)
         rollout_logps = rollout.logprobs_NxC if rollout.logprobs_NxC is not None else zeros
         return {"prompt_ids_NxP": prompt_ids, "prompt_mask_NxP": prompt_mask,
-                "completion_ids_NxC": rollout.completion_ids_NxC, "loss_mask_NxC": loss_mask,
+                "completion_ids_NxC": rollout.completion_ids_NxC,
+                "completion_mask_NxC": rollout.completion_mask_NxC.astype(np.float32), "loss_mask_NxC": loss_mask,
                 "advantages_N": advantages_N, "old_logps_NxC": zeros, "ref_logps_NxC": zeros,
                 "rollout_logps_NxC": rollout_logps.astype(np.float32)}
 
@@ -226,25 +242,24 @@ class GRPOLoop:
         """Old / reference log-probs where needed, then num_iterations optimizer steps on one batch."""
         batch = batch_from_host(host, self.mesh)
         args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
-        mismatch = None
-        if self.needs_old_logps:
+        if self.use_old_logps:
             batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
-            if rollout.logprobs_NxC is not None:
-                mismatch = self.logprob_mismatch(batch.old_logps_NxC, rollout)
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
+        first = None
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)
+            first = metrics if first is None else first
+        mismatch = self.logprob_mismatch(first) if rollout.logprobs_NxC is not None else None
         return jax.device_get(metrics), mismatch
 
-    def logprob_mismatch(self, trainer_logps_global, rollout: RolloutOutput) -> dict[str, float]:
-        """Mean and max |logp_engine - logp_trainer| over the generated tokens of all processes."""
-        trainer_logps = sharding.local_rows(trainer_logps_global, self.mesh)
-        mask = rollout.completion_mask_NxC.astype(bool)
-        diff = np.abs(rollout.logprobs_NxC - trainer_logps)[mask]
-        sums = sharding.gather_to_all(np.array([[diff.sum(), diff.size, diff.max(initial=0.0)]]))
-        return {"rollout/logprob_mismatch_mean": float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1)),
-                "rollout/logprob_mismatch_max": float(sums[:, 2].max())}
+    @staticmethod
+    def logprob_mismatch(first_step_metrics) -> dict[str, float]:
+        """Mean and max |logp_engine - logp_trainer| over every generated token of the step, from the first
+        update's forward (the policy that sampled)."""
+        metrics = jax.device_get(first_step_metrics)
+        return {"rollout/logprob_mismatch_mean": float(metrics["mismatch"]),
+                "rollout/logprob_mismatch_max": float(metrics["mismatch_max"])}
 
     def report(self, step, train_metrics, scores, rewards_N, rollout: RolloutOutput, mismatch, dt) -> dict:
         lengths = sharding.gather_to_all(rollout.lengths_N)
@@ -301,6 +316,17 @@ class GRPOLoop:
             self.out(f"SIGTERM: saved checkpoint {self.position.step} in {self.checkpointer.directory}; exiting")
             raise Terminated()
 
+    def warn_if_updates_round_away(self) -> None:
+        """Say at start when most weights cannot represent a step of the learning rate's size."""
+        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
+        lost = updates_lost_to_rounding(self.state.params, lr)
+        if lost <= 0.5:
+            return
+        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
+                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
+        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
+                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
+
     def _resume_from_latest(self) -> None:
         latest = self.checkpointer.latest_step()
         if latest is None:
@@ -325,10 +351,14 @@ def _seed_from(key: jax.Array) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> TrainerConfig:
+def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path,
+                        out: Callable[[str], None] = print_flushed) -> TrainerConfig:
     """The config with `auto` / 0 values replaced by what this run will use, as the log should show."""
     dtype = jnp.dtype(compute_dtype(config.model.dtype, runtime.platform)).name
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
+    if config.model.param_dtype == "auto":
+        param_dtype = resolve_param_dtype(config, Qwen2Config.from_dir(model_dir), runtime, out)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, param_dtype=param_dtype))
     if config.rollout.backend == "sglang_jax":
         from trainer.rollout.sglang_jax import resolve_engine_section
 
@@ -337,10 +367,28 @@ def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path
     return config
 
 
+def resolve_param_dtype(config: TrainerConfig, model: Qwen2Config, runtime: Runtime, out: Callable[[str], None]) -> str:
+    """float32 master weights where they fit beside the engine's weights, else bfloat16 (and say why)."""
+    engine_bytes = 0
+    if config.rollout.backend == "sglang_jax":
+        engine_dtype = config.model.dtype if config.rollout.sglang.dtype == "auto" else config.rollout.sglang.dtype
+        engine_devices = config.rollout.sglang.tp_size or jax.local_device_count()
+        engine_bytes = model.num_params() * jnp.dtype(engine_dtype).itemsize // engine_devices
+    shards = runtime.mesh.shape["fsdp"] * runtime.mesh.shape["tp"]
+    device_bytes = device_memory_bytes(runtime.platform)
+    dtype, needed = master_weights_dtype(model.num_params(), 1 if config.optim.name == "lion" else 2, shards,
+                                         engine_bytes, device_bytes)
+    if dtype != "float32":
+        out(f"model.param_dtype auto: bfloat16, because float32 master weights would need about "
+            f"{needed / 2**30:.3g} GiB per device with the engine's weights, over "
+            f"{MASTER_WEIGHTS_SHARE:.0%} of the {device_bytes / 2**30:.3g} GiB a device has")
+    return dtype
+
+
 def train(config: TrainerConfig, runtime: Runtime, backend_factory: BackendFactory = make_backend,
           out: Callable[[str], None] = print_flushed) -> None:
     """Resolve the model and the auto values, print the effective config, then run the loop."""
     model_dir = resolve_model_dir(config.model_path, config.out_dir)
-    config = resolve_auto_values(config, runtime, model_dir)
+    config = resolve_auto_values(config, runtime, model_dir, out)
     out(to_yaml(config).rstrip())
     GRPOLoop(config, runtime, model_dir, backend_factory, out).run()

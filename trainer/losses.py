@@ -17,7 +17,7 @@ import jax.numpy as jnp
 class LossSettings:
     loss_type: str  # grpo | dapo | dr_grpo
     beta: float
-    kl_estimator: str  # k1 | k3
+    kl_estimator: str  # k2 | k3 (trainer.config.KL_ESTIMATORS)
     epsilon_low: float
     epsilon_high: float
     max_length: int  # completion tokens per row (Dr. GRPO's constant L_max)
@@ -25,17 +25,31 @@ class LossSettings:
 
 
 def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: str) -> jax.Array:
-    """Per-token KL(pi || pi_ref) estimate on tokens sampled from pi: k1 = log(pi/pi_ref),
-    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (unbiased and non-negative)."""
-    if estimator == "k1":
-        return logps_NxC - ref_logps_NxC
-    log_ratio = ref_logps_NxC - logps_NxC
-    return jnp.exp(log_ratio) - log_ratio - 1.0
+    """Per-token KL(pi || pi_ref) penalty on tokens x sampled from pi, whose gradient is, in expectation,
+    the gradient of KL(pi || pi_ref) itself.
+
+    With log r = log pi(x) - log pi_ref(x):
+    - k2 = (log r)^2 / 2. Its gradient, log r * grad log pi(x), averages to the KL's gradient exactly.
+    - k3 (the default): the value of the paper's pi_ref/pi - log(pi_ref/pi) - 1 (unbiased, non-negative),
+      with k2's gradient. Departure from GRPO (DeepSeekMath) and TRL, which differentiate k3 as written:
+      that gradient, (1 - pi_ref/pi) grad log pi(x), averages to the gradient of the other direction,
+      KL(pi_ref || pi), which on peaked next-token distributions can point away from the KL's own
+      (tests/trainer/test_trainer_objective.py holds a 5-token case at cosine -0.45). Value and gradient
+      are combined straight-through, as verl's `k3+`.
+    k1 = log r is not offered: as a loss its gradient is grad log pi(x), which averages to zero under pi,
+    so beta * k1 would add noise and no pull towards the reference.
+    """
+    log_ratio = logps_NxC - ref_logps_NxC
+    k2 = 0.5 * jnp.square(log_ratio)
+    if estimator == "k2":
+        return k2
+    k3 = jnp.exp(-log_ratio) + log_ratio - 1.0
+    return k2 + jax.lax.stop_gradient(k3 - k2)
 
 
 def token_weights(mask_NxC: jax.Array, loss_type: str, max_length: int) -> jax.Array:
-    """grpo: 1/|o_i| per token, averaged over non-empty rows; dapo: 1/(all tokens); dr_grpo:
-    1/(rows x L_max)."""
+    """grpo: 1/|o_i| per token, averaged over the rows with loss tokens (TRL averages over all rows,
+    empty ones included); dapo: 1/(all loss tokens); dr_grpo: 1/(rows x L_max)."""
     mask = mask_NxC.astype(jnp.float32)
     if loss_type == "dapo":
         return mask / jnp.maximum(mask.sum(), 1.0)
@@ -46,18 +60,25 @@ def token_weights(mask_NxC: jax.Array, loss_type: str, max_length: int) -> jax.A
     return mask / jnp.maximum(lengths_N, 1.0) / rows
 
 
-def per_token_loss(logps_NxC, old_logps_NxC, advantages_N, ref_logps_NxC, rollout_logps_NxC,
+def per_token_loss(logps_NxC, old_logps_NxC, advantages_N, ref_logps_NxC, rollout_logps_NxC, generated_NxC,
                    settings: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
     """-min(r A, clip(r, 1-eps_low, 1+eps_high) A) [x truncated IS weight] + beta KL, per token.
 
-    ref_logps / rollout_logps are ignored when beta == 0 / importance sampling is off.
+    ref_logps / rollout_logps are ignored when beta == 0 / importance sampling is off. Positions outside
+    generated_NxC (padding after the stop token) may hold anything: every input there is replaced by the
+    current log-prob before any exp, so they compute ratio 1 and KL 0, never inf * 0 = NaN.
     """
-    ratio = jnp.exp(logps_NxC - old_logps_NxC)
+    generated = jnp.asarray(generated_NxC).astype(bool)
+    current = jax.lax.stop_gradient(logps_NxC)
+    old = jnp.where(generated, old_logps_NxC, current)
+    ref = jnp.where(generated, ref_logps_NxC, current)
+    rollout = jnp.where(generated, rollout_logps_NxC, old)
+    ratio = jnp.exp(logps_NxC - old)
     adv = advantages_N[:, None]
     clipped_ratio = jnp.clip(ratio, 1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)
     surrogate = jnp.minimum(ratio * adv, clipped_ratio * adv)
     if settings.importance_sampling_cap > 0:
-        is_weight = jnp.minimum(jnp.exp(old_logps_NxC - rollout_logps_NxC), settings.importance_sampling_cap)
+        is_weight = jnp.minimum(jnp.exp(old - rollout), settings.importance_sampling_cap)
         surrogate = surrogate * jax.lax.stop_gradient(is_weight)
     loss = -surrogate
     stats = {
@@ -65,7 +86,7 @@ def per_token_loss(logps_NxC, old_logps_NxC, advantages_N, ref_logps_NxC, rollou
         "clip_high": ((ratio > 1.0 + settings.epsilon_high) & (adv > 0)).astype(jnp.float32),
     }
     if settings.beta > 0:
-        kl = kl_divergence(logps_NxC, ref_logps_NxC, settings.kl_estimator)
+        kl = kl_divergence(logps_NxC, ref, settings.kl_estimator)
         loss = loss + settings.beta * kl
         stats["kl"] = kl
     return loss, stats

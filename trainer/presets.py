@@ -1,4 +1,24 @@
-"""Named presets: overrides on top of the defaults (which are the cpu-tiny preset itself)."""
+"""Named presets: overrides on top of the defaults (which are the cpu-tiny preset itself).
+
+Master weights: float32 (model.param_dtype) with compute in model.dtype (bfloat16 on TPU), standard
+mixed precision, wherever memory allows. bf16 master weights cannot hold small updates: an update
+below half the bf16 spacing at a weight's magnitude rounds away (at |w| ~ 0.02 that is 6e-5), and the
+trainer warns at start when most of them would be lost.
+
+The `smoke` preset is the original SOP's one-step check of the whole pipeline and keeps the upstream
+runner's choices, so that its step line compares with the SOP's: Qwen2.5-7B-Instruct, 1 step of
+1 prompt x 4 samples, a 512-token prompt bucket, 64 new tokens, beta 0, Lion at 1e-6 with gradient
+clipping at 1.0, epsilon_high 0.3, the reward weights 1 / 0.5 / 0.5 and the <think>/<answer> system
+prompt. Its master weights are `auto` (trainer.model.load.master_weights_dtype): float32 where they
+fit beside the co-located engine, and bfloat16, as upstream had them, where they do not, which is
+the SOP's own case: float32 state for 7B with Lion takes about 28 GiB of a v4 chip's 32 before the
+engine's 3.6 GiB of weights and its KV pool (the upstream SOP ran out of HBM co-locating them even
+in bfloat16). There its one update is nearly all rounded away and the start-up warning says so; the
+step's loss, entropy and rewards, which the SOP checks, are computed before the update. It departs
+from upstream in one way: loss_type grpo, whose loss reads 0 at one update per batch whatever the
+completion lengths, as the SOP's expected step line shows (upstream's token-level normalisation,
+`dapo` here, reads 0 only when all completions have the same length).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +39,7 @@ PRESETS: dict[str, dict] = {
         "model_path": "Qwen/Qwen2.5-7B-Instruct",
         "steps": 1,
         "out_dir": "runs/smoke",
-        "model": {"param_dtype": "bfloat16", "remat": True},
+        "model": {"param_dtype": "auto", "remat": True},  # bfloat16 for 7B on a v4-8: see the docstring
         "data": {"source": "gsm8k", "system_prompt": GSM8K_SYSTEM_PROMPT},
         "rollout": {"backend": "sglang_jax", "batch_size": 1, "num_pre_q": 4, "global_length": 512,
                     "max_length_sample": 64},

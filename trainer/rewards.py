@@ -1,8 +1,29 @@
 """GSM8K rewards as pure functions of (completion text, gold answer) -> float.
 
-Correctness extracts a candidate answer (strict `#### n`, `\\boxed{...}`, `<answer>` tags, or the last
-number) and checks it against the gold answer with math-verify. `score_completions` applies the
-weighted set; a reward function that raises scores -1 for that sample and the run goes on.
+Correctness picks the completion's final answer by the rules of `reward.correctness_mode`, and
+math-verify decides whether it equals the gold answer:
+
+- `strict`: the last `#### n` (verl / ReFT's rule).
+- `boxed`: the last `\\boxed{...}`, handed to math-verify wrapped (`\\boxed{\\$18}`, `\\boxed{1{,}000}`,
+  `\\boxed{18 \\text{ cm}}`: math-verify reads the wrapped form, not the bare inner LaTeX).
+- `flexible`: the last number in the completion.
+- `any`, the final answer in this order of precedence (the first candidate math-verify reads a value
+  from wins; one it cannot read, such as `\\boxed{}` or `\\boxed{eighteen}`, falls through to the next):
+  1. the last complete `<answer>...</answer>` block, because that is the format the GSM8K presets'
+     system prompt asks for: inside it the later of its last `\\boxed{}` and its last `#### n`, then
+     the other, then the block's whole text (math-verify reads `\\frac{3}{4}`, `$1,500`, `25%`, or
+     the number after "the answer is", else the last number);
+  2. outside a block, the later of the last `\\boxed{}` and the last `#### n` in the completion (what
+     the completion commits to last), then the other;
+  3. the last number in the completion.
+  So a stray `\\boxed{7}` or `#### 7` in the reasoning never beats a final `<answer>8</answer>`.
+
+Before extraction, number spellings from LaTeX are made plain: `\\$` -> `$`, `{,}` -> `,`, a thin
+space between digit groups (`1\\,000`) is dropped, and the Unicode minus becomes `-`. Like math-verify,
+the rules accept a percentage for the bare number and the reverse (`25%` for gold 25).
+
+`score_completions` applies the weighted set; a reward function that raises scores -1 for that sample
+and the run goes on.
 """
 
 from __future__ import annotations
@@ -10,69 +31,117 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from math_verify import parse, verify
 
 _NUMBER = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 _STRICT = re.compile(r"####\s*\$?\s*(" + _NUMBER + ")")
+_HASHES = re.compile(r"(?=####)")
 _LAST_NUMBER = re.compile(_NUMBER)
+_BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_THIN_SPACE_IN_NUMBER = re.compile(r"(?<=\d)\\[,!;: ](?=\d{3}(?!\d))")
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+MODES = ("strict", "boxed", "flexible", "any")
+
+
+def normalize_numbers(text: str) -> str:
+    """LaTeX spellings of numbers as plain text: `\\$18` -> `$18`, `1{,}000` -> `1,000`, `1\\,000` -> `1000`."""
+    text = text.replace("\\$", "$").replace("{,}", ",").replace("\u2212", "-")
+    return _THIN_SPACE_IN_NUMBER.sub("", text)
 
 
 def _clean_number(text: str) -> str:
     return text.replace(",", "").rstrip(".")
 
 
-def extract_strict(completion: str) -> str | None:
-    matches = _STRICT.findall(completion)
-    return _clean_number(matches[-1]) if matches else None
-
-
-def extract_boxed(completion: str) -> str | None:
-    """Content of the last \\boxed{...}, braces balanced."""
-    start = completion.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for i in range(begin, len(completion)):
-        depth += {"{": 1, "}": -1}.get(completion[i], 0)
-        if depth < 0:
-            return completion[begin:i]
+def _last_strict(text: str) -> tuple[int, str] | None:
+    """(position in text, number) of the last `#### n`."""
+    for start in reversed([m.start() for m in _HASHES.finditer(text)]):
+        match = _STRICT.match(normalize_numbers(text[start:]))
+        if match:
+            return start, _clean_number(match.group(1))
     return None
 
 
+def _last_boxed(text: str) -> tuple[int, str] | None:
+    """(position, `\\boxed{content}`) of the last box, braces balanced; a trailing period inside dropped."""
+    starts = list(_BOXED.finditer(text))
+    if not starts:
+        return None
+    begin, depth = starts[-1].end(), 0
+    for i in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth < 0:
+            content = _THIN_SPACE_IN_NUMBER.sub("", text[begin:i]).strip().rstrip(".")
+            return starts[-1].start(), "\\boxed{" + content + "}"
+    return None
+
+
+def extract_strict(completion: str) -> str | None:
+    found = _last_strict(completion)
+    return found[1] if found else None
+
+
+def extract_boxed(completion: str) -> str | None:
+    """The last `\\boxed{...}` as math-verify reads it: wrapped, braces balanced."""
+    found = _last_boxed(completion)
+    return found[1] if found else None
+
+
 def extract_flexible(completion: str) -> str | None:
-    matches = _LAST_NUMBER.findall(completion)
+    matches = _LAST_NUMBER.findall(normalize_numbers(completion))
     return _clean_number(matches[-1]) if matches else None
 
 
 def extract_answer_tag(completion: str) -> str | None:
+    """The text of the last complete `<answer>...</answer>` block."""
     tags = _ANSWER_TAG.findall(completion)
-    return extract_flexible(tags[-1]) if tags else None
+    return tags[-1] if tags else None
 
 
-EXTRACTORS: dict[str, tuple[Callable[[str], str | None], ...]] = {
-    "strict": (extract_strict,),
-    "boxed": (extract_boxed,),
-    "flexible": (extract_flexible,),
-    "any": (extract_boxed, extract_strict, extract_answer_tag, extract_flexible),
-}
+def _marked(text: str) -> list[str]:
+    """The last `\\boxed{}` and the last `#### n` of text, the later one first."""
+    found = [f for f in (_last_boxed(text), _last_strict(text)) if f is not None]
+    return [candidate for _, candidate in sorted(found, reverse=True)]
 
 
-@functools.lru_cache(maxsize=4096)
+def candidates(completion: str, mode: str) -> Iterator[str]:
+    """The mode's candidate final answers, in order of precedence (see the module docstring)."""
+    if mode == "any":
+        block = extract_answer_tag(completion)
+        if block is not None:
+            yield from _marked(block)
+            yield normalize_numbers(block)
+        yield from _marked(completion)
+        extractors = (extract_flexible,)
+    else:
+        extractors = {"strict": (extract_strict,), "boxed": (extract_boxed,), "flexible": (extract_flexible,)}[mode]
+    for extract in extractors:
+        candidate = extract(completion)
+        if candidate is not None:
+            yield candidate
+
+
+@functools.lru_cache(maxsize=8192)
+def parsed_value(text: str) -> tuple:
+    """What math-verify reads from text: () when it finds no mathematical value (only strings)."""
+    values = tuple(parse(text))
+    return values if values and not isinstance(values[0], str) else ()
+
+
+@functools.lru_cache(maxsize=8192)
 def answers_match(candidate: str, gold: str) -> bool:
-    return bool(verify(parse(gold), parse(candidate)))
+    return bool(verify(list(parsed_value(gold)), list(parsed_value(candidate))))
 
 
 def correctness_reward(completion: str, gold: str, mode: str = "any") -> float:
-    """1.0 when the first answer the mode's extractors find equals the gold answer, else 0.0."""
-    for extract in EXTRACTORS[mode]:
-        candidate = extract(completion)
-        if candidate is not None:
+    """1.0 when the final answer (the first candidate math-verify can read) equals the gold answer."""
+    for candidate in candidates(completion, mode):
+        if parsed_value(candidate):
             return 1.0 if answers_match(candidate, gold) else 0.0
     return 0.0
 

@@ -69,6 +69,17 @@ def start(config: TrainerConfig) -> Runtime:
     return Runtime(mesh, jax.default_backend(), jax.process_index(), jax.process_count())
 
 
+def device_memory_bytes(platform: str) -> int:
+    """What one local device can hold: its memory limit on an accelerator; on CPU, its share of the
+    host's available memory."""
+    if platform == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available) // jax.local_device_count()
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0))
+
+
 def check_rows_fit_devices(config: TrainerConfig, mesh: Mesh) -> None:
     data_parallel = sharding.data_parallel_size(mesh)
     if config.train.micro_batch_size % data_parallel:

@@ -35,11 +35,12 @@ class TrainBatch:
     prompt_ids_NxP: jax.Array
     prompt_mask_NxP: jax.Array
     completion_ids_NxC: jax.Array
+    completion_mask_NxC: jax.Array  # every generated token (stop token included): what the statistics cover
     loss_mask_NxC: jax.Array  # generated tokens that count in the loss
     advantages_N: jax.Array
-    old_logps_NxC: jax.Array  # used when num_iterations > 1
+    old_logps_NxC: jax.Array  # used when num_iterations > 1 or importance sampling is on
     ref_logps_NxC: jax.Array  # used when beta > 0
-    rollout_logps_NxC: jax.Array  # used when importance sampling is on
+    rollout_logps_NxC: jax.Array  # the engine's log-probs: the importance weight and the logged mismatch
 
 
 def learning_rate_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
@@ -59,6 +60,21 @@ def make_optimizer(optim: OptimSection, total_updates: int) -> optax.GradientTra
     if optim.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), update)
     return update
+
+
+def updates_lost_to_rounding(params, step_size: float) -> float:
+    """Share of the weights w for which w + step_size and w - step_size both round back to w in w's own
+    dtype: an optimizer step of that size (Lion's is exactly the learning rate, Adam's about it) would
+    leave them unchanged. bf16 weights of std 0.02 lose nearly every update of 1e-6."""
+
+    @jax.jit
+    def count(tree):
+        leaves = jax.tree.leaves(tree)
+        kept = [jnp.sum((w + step_size != w) | (w - step_size != w), dtype=jnp.float32) for w in leaves]
+        return sum(kept), sum(w.size for w in leaves)
+
+    kept, total = count(params)
+    return 1.0 - float(kept) / total
 
 
 def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
@@ -97,21 +113,26 @@ def _loss_fn(params, micro: TrainBatch, weights_NxC, model, settings: LossSettin
     logps, entropy = completion_logps(model, params, micro.prompt_ids_NxP, micro.prompt_mask_NxP,
                                       micro.completion_ids_NxC, temperature)
     old = micro.old_logps_NxC if use_old_logps else jax.lax.stop_gradient(logps)
+    generated = micro.completion_mask_NxC
     per_token, stats = per_token_loss(logps, old, micro.advantages_N, micro.ref_logps_NxC,
-                                      micro.rollout_logps_NxC, settings)
-    mask = micro.loss_mask_NxC
-    sums = {name: jnp.sum(value * mask) for name, value in stats.items()}
-    sums["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * mask)
-    return jnp.sum(per_token * weights_NxC), sums
+                                      micro.rollout_logps_NxC, generated, settings)
+    stats["entropy"] = jax.lax.stop_gradient(entropy)
+    # Before any update of the step this policy is the one that sampled: the engine should agree with it.
+    mismatch = jnp.where(generated > 0, jnp.abs(jax.lax.stop_gradient(logps) - micro.rollout_logps_NxC), 0.0)
+    sums = {name: jnp.sum(value * generated) for name, value in stats.items()} | {"mismatch": jnp.sum(mismatch)}
+    return jnp.sum(per_token * weights_NxC), (sums, {"mismatch": jnp.max(mismatch)})
 
 
 def stat_names(settings: LossSettings) -> tuple[str, ...]:
-    """Per-token statistics the loss sums over the loss mask (see _loss_fn)."""
-    return ("clip_low", "clip_high", "entropy") + (("kl",) if settings.beta > 0 else ())
+    """Per-token statistics the loss sums over every generated token (see _loss_fn)."""
+    return ("clip_low", "clip_high", "entropy", "mismatch") + (("kl",) if settings.beta > 0 else ())
 
 
 def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransformation, settings: LossSettings,
                     num_micro: int, temperature: float, use_old_logps: bool, state_shardings, mesh: Mesh):
+    """The jitted update. Its metrics: loss, grad_norm, and means over every generated token (the loss
+    mask aside, so a step whose groups all drop out still shows the policy) of the clip indicators,
+    entropy, KL, and the |rollout - trainer| log-prob gap of this forward (`mismatch`, with its max)."""
     loss_and_grad = jax.value_and_grad(
         functools.partial(_loss_fn, model=model, settings=settings, temperature=temperature,
                           use_old_logps=use_old_logps), has_aux=True)
@@ -121,18 +142,18 @@ def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransforma
         micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro), (batch, weights_NxC))
 
         def accumulate(carry, micro):
-            grads, loss, sums = carry
-            (micro_loss, micro_sums), micro_grads = loss_and_grad(state.params, *micro)
+            grads, loss, sums, maxes = carry
+            (micro_loss, (micro_sums, micro_maxes)), micro_grads = loss_and_grad(state.params, *micro)
             return (jax.tree.map(jnp.add, grads, micro_grads), loss + micro_loss,
-                    jax.tree.map(jnp.add, sums, micro_sums)), None
+                    jax.tree.map(jnp.add, sums, micro_sums), jax.tree.map(jnp.maximum, maxes, micro_maxes)), None
 
         init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0),
-                {name: jnp.float32(0.0) for name in stat_names(settings)})
-        (grads, loss, sums), _ = jax.lax.scan(accumulate, init, micro_batches)
+                {name: jnp.float32(0.0) for name in stat_names(settings)}, {"mismatch": jnp.float32(0.0)})
+        (grads, loss, sums, maxes), _ = jax.lax.scan(accumulate, init, micro_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        tokens = jnp.maximum(batch.loss_mask_NxC.sum(), 1.0)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        tokens = jnp.maximum(batch.completion_mask_NxC.sum(), 1.0)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "mismatch_max": maxes["mismatch"]}
         metrics |= {name: value / tokens for name, value in sums.items()}
         return TrainState(state.step + 1, params, opt_state), metrics
 

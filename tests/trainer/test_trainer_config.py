@@ -115,3 +115,56 @@ def test_python_dash_m_and_console_script_agree(tmp_path):
                                 env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     via_module = run_trainer(["--print-config"], cwd=tmp_path, timeout=120)
     assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
+
+
+NUMBER_SPELLINGS = [("1e-6", 1e-6), ("1E-6", 1e-6), ("3e-5", 3e-5), (".5", 0.5), ("1_000", 1000.0), ("2.5e+3", 2500.0),
+                    ("1.", 1.0), ("7", 7.0)]
+
+
+@pytest.mark.parametrize("text, value", NUMBER_SPELLINGS)
+def test_every_spelling_of_a_number_is_a_number_on_set(text, value):
+    config = load_config(None, sets=[f"optim.learning_rate={text}", f"reward.weights.format={text}"], environ={})
+    assert config.optim.learning_rate == value and config.reward.weights["format"] == value
+
+
+@pytest.mark.parametrize("text, value", NUMBER_SPELLINGS)
+def test_every_spelling_of_a_number_is_a_number_in_yaml(tmp_path, text, value):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"optim:\n  learning_rate: {text}\ntrain:\n  beta: {text}\n")
+    config = load_config(None, str(config_file), environ={})
+    assert config.optim.learning_rate == value and config.train.beta == value
+
+
+@pytest.mark.parametrize("text, value", NUMBER_SPELLINGS)
+def test_every_spelling_of_a_number_is_a_number_from_the_environment(text, value):
+    config = load_config(None, environ={"BETA": text})
+    assert config.train.beta == value
+
+
+def test_a_learning_rate_in_scientific_notation_reaches_the_trainer_command(tmp_path):
+    result = run_trainer(["--print-config", "--set", "optim.learning_rate=1e-6"], cwd=tmp_path, timeout=120,
+                         BETA="4e-2")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["optim"]["learning_rate"] == 1e-6 and config["train"]["beta"] == 0.04
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nan", "train.beta: expected a number, received 'nan'"),
+    (".nan", "train.beta: expected a finite number, received nan"),
+    (".inf", "train.beta: expected a finite number, received inf"),
+    ("1e400", "train.beta: expected a finite number, received '1e400'"),
+    ("1e-6x", "train.beta: expected a number, received '1e-6x'"),
+    ("1e-6 1e-6", "train.beta: expected a number, received '1e-6 1e-6'"),
+])
+def test_text_that_only_looks_like_a_number_is_refused(text, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, sets=[f"train.beta={text}"], environ={})
+    assert str(error.value) == message
+
+
+def test_integer_and_text_fields_keep_their_spelling_rules():
+    config = load_config(None, sets=["steps=1_000", "wandb.name=1e-6"], environ={})
+    assert config.steps == 1000 and config.wandb.name == "1e-6"
+    with pytest.raises(ConfigError, match=r"^steps: expected an integer, received '1e3'$"):
+        load_config(None, sets=["steps=1e3"], environ={})

@@ -86,3 +86,36 @@ def test_flax_init_shapes_match_loaded_params(tiny_model_dir):
     loaded = load_params(tiny_model_dir, config, np.float32)
     assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(lambda a: a.shape, loaded)
     assert sum(x.size for x in jax.tree.leaves(loaded)) == config.num_params()
+
+
+QWEN25_7B = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                        num_attention_heads=28, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False)
+V4_CHIP = 32 * 2**30
+
+
+@pytest.mark.parametrize("shards, engine_devices, expected", [
+    (4, 4, "bfloat16"),  # the smoke preset on a v4-8: 28.4 GiB of float32 state + 3.5 GiB of engine weights
+    (8, 4, "float32"),  # a v4-16: 14.2 + 3.5 GiB
+])
+def test_auto_master_weights_are_float32_wherever_they_fit(shards, engine_devices, expected):
+    from trainer.model.load import master_weights_dtype
+
+    params = QWEN25_7B.num_params()
+    assert params == 7_615_616_512  # Qwen2.5-7B's published size
+    engine_bytes = params * 2 // engine_devices  # bf16 weights, tensor-parallel over the host's chips
+    dtype, needed = master_weights_dtype(params, optimizer_moments=1, shards=shards,
+                                         engine_bytes_per_device=engine_bytes, device_bytes=V4_CHIP)
+    # float32 weights, Lion's one moment, the gradients and one update-sized temporary: 16 bytes a parameter
+    assert needed == params * 16 // shards + engine_bytes
+    assert dtype == expected
+
+
+def test_the_smaller_gsm8k_model_fits_in_float32_even_with_adam():
+    from trainer.model.load import master_weights_dtype
+
+    qwen25_1_5b = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                              num_attention_heads=12, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True)
+    params = qwen25_1_5b.num_params()
+    assert params == 1_543_714_304
+    dtype, needed = master_weights_dtype(params, 2, 4, params * 2 // 4, V4_CHIP)
+    assert (dtype, needed) == ("float32", params * 20 // 4 + params * 2 // 4)

@@ -2,11 +2,13 @@
 against analytic values and against the trainer's own log-probs, sizing, and whole runs."""
 
 import dataclasses
+import json
 import math
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -344,3 +346,21 @@ def test_a_two_host_pod_runs_one_engine_per_host_and_pushes_the_sharded_weights(
     assert exit_code == 0 and len(rows) == 3
     for row in rows:  # steps 1 and 2 sample from pushed weights, after updates at learning rate 1e-2
         assert row["rollout/logprob_mismatch_mean"] < LOGPROB_TOLERANCE
+
+
+def test_the_hosts_of_a_pod_draw_different_completions_of_one_prompt(tmp_path, tiny_model_dir):
+    """The smoke preset's shape on a 2-host pod: one prompt, a group of 4, rows 0-1 on host 0 and rows 2-3 on
+    host 1. Engines seeded alike would draw the same two completions on both hosts and halve the group."""
+    out_dir = tmp_path / "run"
+    args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=2",
+            "--set", "rollout.batch_size=1", "--set", "rollout.num_pre_q=4", "--set", "train.micro_batch_size=4",
+            "--set", f"out_dir={out_dir}", "--set", "distributed_timeout_s=60"]
+    outputs = run_pod(args, cwd=tmp_path, program=(str(Path(__file__).parent / "pod_rollouts.py"),))
+    for code, _, stderr in outputs:
+        assert code == 0, stderr[-3000:]
+    host0, host1 = (json.loads((out_dir / f"rollouts-{i}.json").read_text()) for i in (0, 1))
+    assert len(host0) == len(host1) == 2
+    for step in range(2):
+        rows = host0[step] + host1[step]
+        assert len(rows) == 4 and all(rows)
+        assert len({tuple(row) for row in rows}) == 4, rows  # four different completions of the one prompt

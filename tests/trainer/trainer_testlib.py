@@ -28,13 +28,13 @@ def run_trainer(args: list[str], cwd: Path, timeout: float = 600, **env: str) ->
 
 
 def run_pod(args: list[str], cwd: Path, processes: int = 2, devices_per_process: int = 2,
-            timeout: float = 400, **env: str) -> list[tuple[int, str, str]]:
-    """A simulated pod on this machine: one trainer process per host, joined by jax.distributed as
-    `tpuctl launch` joins a real pod's hosts. Returns (exit code, stdout, stderr) per process."""
+            timeout: float = 400, program: tuple[str, ...] = ("-m", "trainer"), **env: str) -> list[tuple[int, str, str]]:
+    """A simulated pod on this machine: one trainer process per host (`python PROGRAM ARGS`), joined by
+    jax.distributed as `tpuctl launch` joins a real pod's hosts. Returns (exit code, stdout, stderr) per process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    children = [subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, text=True,
+    children = [subprocess.Popen([sys.executable, *program, *args], cwd=cwd, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  env=subprocess_env(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i),
                                                     JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",

@@ -13,6 +13,13 @@ sharding error, so batch sizes are padded to at least 2; the KV pool defaults to
 memory, so it is always capped at what the run needs (rows x context length); and with the overlap
 scheduler about half of the engine starts on CPU return log-probs (and samples) that disagree with
 the weights by up to 0.5 nats, so it is off unless rollout.sglang.overlap_schedule is set.
+
+With the radix (prefix) cache on (rollout.sglang.disable_radix_cache false), every weight push
+flushes it, or prompts seen before would reuse keys and values computed under the old weights.
+
+Sampling uses the engine's own random stream, seeded per host from (seed, process index), not the
+step's seed: hosts draw different completions, but a resumed run does not replay the engine's
+samples as it replays the JAX sampler's.
 """
 
 from __future__ import annotations
@@ -127,8 +134,14 @@ def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> d
         precompile_token_paddings=s.precompile_token_paddings or None,
         disable_radix_cache=s.disable_radix_cache, enable_single_process=True,
         disable_overlap_schedule=not s.overlap_schedule,
-        random_seed=config.seed, log_level="error", skip_server_warmup=True,
+        random_seed=engine_seed(config.seed, runtime.process_index), log_level="error", skip_server_warmup=True,
         device_indexes=local_device_indexes(s.tp_size))
+
+
+def engine_seed(seed: int, process_index: int) -> int:
+    """Each host's engine samples with its own seed: engines seeded alike draw the same completions for
+    the rows of a group that a pod splits over its hosts."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0] % 2**31)
 
 
 def job_id_offset() -> int:
@@ -305,6 +318,7 @@ class SglangJaxBackend(RolloutBackend):
         self.our_heads = HeadLayout(model_config.num_attention_heads, model_config.num_key_value_heads,
                                     model_config.head_dim)
         self._push_s = 0.0
+        self._flush_on_push = not config.rollout.sglang.disable_radix_cache
         self._convert = None  # built on the first push, when the params' shardings are known
         self._target_indices: list[int] = []
 
@@ -342,7 +356,16 @@ class SglangJaxBackend(RolloutBackend):
         jax.block_until_ready(leaves)
         self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
         nnx.update(self.runner.model, jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves))
+        if self._flush_on_push:
+            self._flush_prefix_cache()
         self._push_s += time.perf_counter() - start
+
+    def _flush_prefix_cache(self) -> None:
+        """Drop the radix cache's keys and values: they were computed under the weights just replaced,
+        and the next rollout would reuse them for every prompt it has seen (its group's, or a repeat)."""
+        flushed = self.engine.flush_cache()
+        if not flushed.success:
+            raise RuntimeError(f"weight push: sglang-jax refused to flush its prefix cache: {flushed.error_msg}")
 
     def _make_converter(self, params):
         """One jitted function from trainer params to the engine's leaves (layout, dtype, sharding), so a
