@@ -6,7 +6,7 @@ matplotlib is imported only while drawing and nothing here imports JAX or PyYAML
 `tpuctl report` can call `render_report` with the `report` extra alone.
 
 A panel is drawn when at least one run has one of its metrics and left out otherwise (KL without
-beta > 0, the log-prob mismatch without engine log-probs, eval without eval.every_steps). With
+beta > 0, the log-prob mismatch without rollout log-probs, eval without eval.every_steps). With
 `smooth` > 0 an exponential moving average (the first value, then smooth x previous + (1 - smooth)
 x value) is drawn over the raw points, which stay visible, faint; eval pass@1, one point every
 eval.every_steps, is never smoothed. Up to 60 points per line get markers, so a 1-step run shows a

@@ -97,7 +97,9 @@ def test_a_crash_after_a_checkpoint_is_truncated_back_on_resume_and_the_report_r
     report = subprocess.run([sys.executable, "-m", "trainer", "report", str(out_dir), "--smooth", "0.5"],
                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
-    check_offline_page(out_dir / "report" / "report.html", ALWAYS[:1] + ["eval_pass_at_1"] + ALWAYS[1:])
+    # The built-in sampler returns its log-probs, so the rollout/trainer mismatch panel is drawn too.
+    expected = ALWAYS[:1] + ["eval_pass_at_1"] + ALWAYS[1:4] + ["logprob_mismatch"] + ALWAYS[4:]
+    check_offline_page(out_dir / "report" / "report.html", expected)
 
 
 def test_the_file_holds_what_wandb_logs(tmp_path, monkeypatch):
