@@ -56,10 +56,13 @@ def prepare_project(vm: SimTpuVm, folder: Path, repository: Path, command: str) 
     the conda stand-in, else this venv), and a .env."""
     folder.mkdir(parents=True, exist_ok=True)
     origin = bare_origin(repository, vm.root / "origin.git")
+    # The branch checked out here (main in CI, a feature branch in a developer's worktree).
+    branch = subprocess.run(["git", "-C", str(origin), "symbolic-ref", "--short", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
     python_env = {"conda_env": next(iter(vm.conda_envs))} if vm.conda_envs else {"venv": sys.prefix}
     write_config(folder / "tpuctl.toml", vm.target_table(
-        repo_url=str(origin), repo_path="~/repo", env_file="~/.env", expect_backend="cpu", smoke_command=command,
-        **python_env))
+        repo_url=str(origin), repo_path="~/repo", branch=branch, env_file="~/.env", expect_backend="cpu",
+        smoke_command=command, **python_env))
     (folder / ".env").write_text(f"WANDB_API_KEY={PLACEHOLDER_WANDB_KEY}\n")
     return folder
 
