@@ -22,7 +22,8 @@ def test_last_lines(project1):
 
 def test_until_exit_returns_the_runs_own_exit_code(project1):
     assert run("sync").code == 0
-    assert run("launch", "--", "./fake_trainer.sh", "--steps", "5", "--sleep", "0.1", "--exit", "3").code == 0
+    # Slow enough that tail starts (with -n 0: at the log's end) before the last step, even on a busy machine.
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "5", "--sleep", "1", "--exit", "3").code == 0
     result = run("tail", "--until-exit", "-n", "0")
     assert result.code == 3
     assert "step=4 " in result.out
