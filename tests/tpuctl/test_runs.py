@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.tpuctl.conftest import HF_TOKEN, WANDB_KEY, run
+from tpuctl.commands.runs import utc_stamp
 from tpuctl.remote.runs import parse_status, status_script
 
 
@@ -237,3 +238,11 @@ def test_the_lock_file_is_kept_when_not_every_process_can_be_seen(synced1, tmp_p
     shutil.rmtree(shared)
     assert "lock=kept (cannot see every process's open files: not root)" in as_nobody.stdout, as_nobody
     assert kept
+
+
+def test_run_stamps_of_launches_a_moment_apart_differ():
+    """A stop and a launch at once (or two quick runs) must not meet the noclobber guard of one stamp."""
+    first = utc_stamp()
+    time.sleep(0.002)
+    second = utc_stamp()
+    assert first < second and len(first) == len("20250101T000000.000Z")

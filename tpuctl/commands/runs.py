@@ -44,7 +44,9 @@ EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for t
 
 
 def utc_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """A run's UTC start, to the millisecond (ISO 8601 basic): a stop and a relaunch in the same second
+    get two stamps, so the run files' noclobber guard only ever stops a real collision."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
 
 
 def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str, str]]:

@@ -1,6 +1,6 @@
 """Detached runs on a worker: launch, status and stop (the scripts are in scripts/, quoted by render).
 
-A run named NAME started at STAMP (UTC) owns, inside the checkout:
+A run named NAME started at STAMP (UTC, to the millisecond: 20250101T120000.123Z) owns, inside the checkout:
 
     logs/NAME_STAMP.sh         the runner script (no secrets: they are loaded at run time)
     logs/NAME_STAMP.log        stdout and stderr of the command
