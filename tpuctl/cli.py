@@ -6,29 +6,48 @@ so `tpuctl --help` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+
+# typer carries its own copy of click: its exceptions, not the click package's, reach this group.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from tpuctl import __version__
 from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, tpu, trust, verify
 from tpuctl.config import Overrides
-from tpuctl.console import BadInput, TpuctlError, abort, console
+from tpuctl.console import EXIT_BAD_INPUT, BadInput, TpuctlError, abort, console
 
 
 class _Group(TyperGroup):
-    """Turns every TpuctlError into one clear line on stderr and its exit code (2 for bad input)."""
+    """Turns every TpuctlError, and every option or argument click refuses (`--grace -1`, `-n -5`),
+    into one clear line on stderr and its exit code (2 for bad input), never a usage box."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TpuctlError as exc:
             abort(str(exc), exc.exit_code)
+        except UsageError as exc:
+            _usage_error(exc)
+
+
+def _usage_error(exc: UsageError) -> NoReturn:
+    if isinstance(exc, NoArgsIsHelpError):  # `tpuctl` or `tpuctl secrets` alone: the help
+        raise exc
+    where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    abort(exc.format_message().rstrip(".") + where, EXIT_BAD_INPUT)
 
 
 app = typer.Typer(
-    cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="tpuctl", cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Run the TPU VM training SOP from your laptop, on one worker or a whole pod.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

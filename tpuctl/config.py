@@ -38,7 +38,15 @@ _ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
 _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _NODE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\]|@\{)|(/$)|(\.lock$)|(//)|(\.$)")
+_BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\\x00-\x1f\x7f]|@\{)|(/$)|(\.lock$)|(//)|(\.$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# conda's own rule for env names, or the absolute path of an env's prefix.
+_CONDA_ENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|(?:/|~/)[^\x00-\x1f\x7f]*")
+# What git may fetch from: a URL of a network or file transport, scp-like user@host:path, or an
+# absolute path. Never an option (a leading '-'), never a transport::address (ext:: runs commands).
+_REPO_URL = re.compile(r"(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f]+"
+                       r"|(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*:(?!:)[^\s\x00-\x1f\x7f]+"
+                       r"|/[^\x00-\x1f\x7f]*)")
 BACKENDS = ("tpu", "cpu", "gpu")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -90,6 +98,8 @@ class Target:
     conda_env: str = ""
     venv: str = ""
     coordinator_port: int = 8476
+    # Seconds an SSH connection may stay silent before it counts as dropped (keepalives every third of it).
+    ssh_timeout: int = 30
     expect_backend: str = "tpu"
     expect_versions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_EXPECT_VERSIONS))
     smoke_command: str = DEFAULT_SMOKE_COMMAND
@@ -110,10 +120,16 @@ class Target:
         _check(not self.hosts or len(self.host_keys) <= len(self.hosts), "host_keys", f"{len(self.host_keys)} keys",
                f"at most one per host ({len(self.hosts)} hosts)")
         _check(not _BRANCH_FORBIDDEN.search(self.branch) and self.branch, "branch", self.branch, "a git branch name")
-        for name in ("repo_path", "env_file"):
+        for name in ("repo_path", "env_file", "venv"):
             value = getattr(self, name)
-            _check(not value or value.startswith(("/", "~/")), name, value, "an absolute path or one starting with ~/")
+            _check(not value or (value.startswith(("/", "~/")) and not _CONTROL.search(value)), name, value,
+                   "an absolute path or one starting with ~/, without control characters")
+        _check(not self.conda_env or _CONDA_ENV.fullmatch(self.conda_env), "conda_env", self.conda_env,
+               "a conda env name (letters, digits, '.', '_', '-') or the absolute path of its prefix")
         _check(not (self.conda_env and self.venv), "venv", self.venv, "either conda_env or venv, not both")
+        _check(not self.repo_url or _REPO_URL.fullmatch(self.repo_url), "repo_url", self.repo_url,
+               "a git URL (https://, ssh://, git://, file://), user@host:path or an absolute path")
+        _check(1 <= self.ssh_timeout <= 3600, "ssh_timeout", self.ssh_timeout, "seconds from 1 to 3600")
         _check(1 <= self.coordinator_port <= 65535, "coordinator_port", self.coordinator_port, "a port from 1 to 65535")
         _check(self.expect_backend in BACKENDS, "expect_backend", self.expect_backend, f"one of {', '.join(BACKENDS)}")
         _check(1 <= self.ssh_port <= 65535, "ssh_port", self.ssh_port, "a port from 1 to 65535")
@@ -209,7 +225,10 @@ def find_project_file(start: Path) -> Path | None:
 
 def read_project_file(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"cannot read {path}: expected UTF-8 text, found byte 0x{exc.object[exc.start]:02x} "
+                       f"at offset {exc.start}") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
     unknown = set(data) - {"default_target", "targets"}

@@ -1,14 +1,17 @@
 """`tpuctl tail`: read a run's log by byte offset over SFTP.
 
 The offset of the last byte shown is kept on this side, so when the connection drops (sshd
-restart, network blip, preemption of a proxy) the follower reconnects and goes on from exactly
-that byte: no line is shown twice and none is skipped. Only complete lines are shown while
-following; the partial last line waits for its newline (or for the run to end).
+restart, network blip, a worker that stops answering and times out, preemption of a proxy) the
+follower reconnects and goes on from exactly that byte: no line is shown twice and none is
+skipped. A log that was truncated or replaced under it, even one that has grown past the offset
+again, is noticed by the bytes just before the offset and read again from its start. Only
+complete lines are shown while following; the partial last line waits for its newline (or for
+the run to end). A run that is gone without an exit file (killed with its runner, its host
+rebooted) is reported as vanished instead of being waited for forever.
 """
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,24 +19,27 @@ from dataclasses import dataclass, field
 import paramiko
 
 from tpuctl.console import TpuctlError, err_console
-from tpuctl.remote.git import LOGS_DIR, parse_fields
-from tpuctl.remote.shell import rpath, script
+from tpuctl.remote.git import parse_fields
+from tpuctl.remote.render import render
 from tpuctl.transport import ConnectError, Session
 from tpuctl.workers import Worker
 
 READ_CHUNK = 1 << 20
+CHECK_BYTES = 64  # bytes before the offset re-read to notice a log replaced under the follower
 _DROPPED = (OSError, EOFError, paramiko.SSHException)
+
+
+class RunVanished(TpuctlError):
+    """The run has no process left and no exit file: it will never end by itself."""
 
 
 def locate_script(repo: str, name: str) -> str:
     """Resolve NAME_latest to the run's own files, so a newer launch does not switch streams."""
-    return script(
-        f"cd {rpath(repo)} 2>/dev/null || {{ echo 'missing=no checkout'; exit 0; }}",
-        f"latest={LOGS_DIR}/{shlex.quote(name)}_latest.log",
-        '[ -L "$latest" ] || { echo "missing=no run"; exit 0; }',
-        f'log="$PWD/{LOGS_DIR}/$(readlink "$latest")"',
-        'echo "log=$log"; echo "exit=${log%.log}.exit"',
-    )
+    return render("locate", repo=repo, name=name)
+
+
+def run_state_script(base: str) -> str:
+    return render("run_state", base=base)
 
 
 @dataclass
@@ -42,13 +48,24 @@ class LogFollower:
 
     session: Session
     worker: Worker
-    log_path: str
-    exit_path: str
+    base: str
     emit: Callable[[str], None]
+    name: str = ""
     offset: int = 0
     pending: bytes = b""
     reconnect_timeout_s: float = 300.0
+    liveness_interval_s: float = 2.0
+    _seen: bytes = b""  # the last CHECK_BYTES bytes read, ending at `offset`
+    _checked_at: float = 0.0
     _sftp: paramiko.SFTPClient | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> str:
+        return self.base + ".log"
+
+    @property
+    def exit_path(self) -> str:
+        return self.base + ".exit"
 
     def last_lines(self, count: int) -> None:
         """Show the last `count` lines and set the offset to the end of the file."""
@@ -66,24 +83,42 @@ class LogFollower:
         complete, self.pending = lines[:-1], lines[-1]
         for line in complete[-count:] if count else []:
             self.emit(line.decode(errors="replace"))
-        self.offset = size
+        self.offset, self._seen = start + len(data), data[-CHECK_BYTES:]
 
     def poll(self) -> bool:
         """Show what was appended since the last poll; True once the run has ended and all is shown."""
         finished = self.exit_code() is not None
         size = self._size()
-        if size < self.offset:  # truncated or replaced under us: start over rather than miss lines
-            self.offset, self.pending = 0, b""
+        if size < self.offset or (size > self.offset and not self._same_history()):
+            self.offset, self.pending, self._seen = 0, b"", b""  # replaced under us: start over, miss nothing
         while self.offset < size:
             data = self._read(self.offset, min(READ_CHUNK, size - self.offset))
             if not data:
                 break
             self.offset += len(data)
+            self._seen = (self._seen + data)[-CHECK_BYTES:]
             self._emit_lines(data)
         if finished and self.pending:
             self.emit(self.pending.decode(errors="replace"))
             self.pending = b""
+        if not finished:
+            self._check_alive()
         return finished
+
+    def _same_history(self) -> bool:
+        """The bytes before the offset are still those shown: the file only grew."""
+        return not self._seen or self._read(self.offset - len(self._seen), len(self._seen)) == self._seen
+
+    def _check_alive(self) -> None:
+        """Every `liveness_interval_s`, ask the worker whether the run still lives (pid, boot, start time)."""
+        if time.monotonic() - self._checked_at < self.liveness_interval_s:
+            return
+        self._checked_at = time.monotonic()
+        state = parse_fields(self.session.exec(self.worker, run_state_script(self.base), "checking the run").out)
+        if state.get("state") == "vanished" and self.exit_code() is None:
+            raise RunVanished(f"worker {self.worker.index} ({self.worker.address}): run {self.name!r} vanished: no "
+                              "process left and no exit file (killed with its runner, or the host rebooted or was "
+                              "preempted); see tpuctl status")
 
     def follow(self, until_exit: bool, interval_s: float = 0.5) -> int | None:
         """Poll until the run ends (or forever, without `until_exit`), reconnecting on drops."""
@@ -119,7 +154,7 @@ class LogFollower:
     def exit_code(self) -> int | None:
         try:
             with self._sftp_client().open(self.exit_path, "rb") as handle:
-                text = handle.read(32).decode().strip()
+                text = handle.read(32).decode(errors="replace").strip()
         except FileNotFoundError:
             return None
         return int(text) if text.lstrip("-").isdigit() else None
@@ -146,9 +181,9 @@ class LogFollower:
         self.session.drop(self.worker)
 
 
-def locate(session: Session, worker: Worker, repo: str, name: str) -> tuple[str, str]:
+def locate(session: Session, worker: Worker, repo: str, name: str) -> str:
+    """The base path (`/abs/logs/NAME_STAMP`) of the newest run named `name` on `worker`."""
     found = parse_fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
     if "missing" in found:
         raise TpuctlError(f"worker {worker.index}: no run named {name!r} ({found['missing']})")
-    return found["log"], found["exit"]
-
+    return found["base"]

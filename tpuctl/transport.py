@@ -3,6 +3,11 @@
 Host keys are verified against pinned OpenSSH SHA256 fingerprints and nothing else: no
 known_hosts file is read and no key is ever added on first sight. An unknown or changed key
 fails closed with the fingerprint that was seen and how to pin it.
+
+A worker that stops answering (its sshd stopped, a network path gone silent) is a dropped
+connection, not a hang: keepalives go out every third of the target's `ssh_timeout`, SFTP
+requests time out after `ssh_timeout` seconds, and a command whose output has been silent that
+long is checked by opening a channel, which needs an answer. Callers such as `tail` reconnect.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import paramiko
 from fabric import Config, Connection
 
 from tpuctl.config import Target
-from tpuctl.console import TpuctlError
+from tpuctl.console import BadInput, TpuctlError
+from tpuctl.remote.render import RenderedScript
 from tpuctl.workers import Worker, proxy_for
 
 CONNECT_ATTEMPTS = 4
@@ -67,9 +73,14 @@ class ConnectError(TpuctlError):
     pass
 
 
+class ConnectionLost(ConnectError):
+    """An open connection stopped answering within the target's ssh_timeout."""
+
+
 def _retryable(exc: BaseException) -> bool:
     """Connection-level failures are retried; authentication and host-key refusals never are."""
-    if isinstance(exc, (paramiko.AuthenticationException, HostKeyError, paramiko.BadHostKeyException)):
+    if isinstance(exc, (paramiko.AuthenticationException, HostKeyError, paramiko.BadHostKeyException,
+                        FileNotFoundError, PermissionError)):
         return False
     if isinstance(exc, paramiko.SSHException):
         return "banner" in str(exc).lower() or "reset" in str(exc).lower()
@@ -117,6 +128,9 @@ class Session:
     """
 
     def __init__(self, target: Target, proxy_command: str | None = None):
+        identity = target.identity_file
+        if identity and not Path(identity).expanduser().is_file():
+            raise BadInput(f"identity_file {identity!r} not found: expected the private key file that logs in to the workers")
         self.target = target
         self.proxy_command = proxy_command
         self._connections: dict[int, Connection] = {}
@@ -137,6 +151,7 @@ class Session:
             conn = self._new_connection(worker)
             try:
                 conn.open()
+                conn.client.get_transport().set_keepalive(max(1, self.target.ssh_timeout // 3))
                 return conn
             except BaseException as exc:  # noqa: BLE001 - classified right below
                 conn.close()
@@ -161,22 +176,28 @@ class Session:
         conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
         return conn
 
-    def exec(self, worker: Worker, script: str, what: str, timeout: float | None = 300.0) -> ExecResult:
+    def exec(self, worker: Worker, script: RenderedScript, what: str, timeout: float | None = 300.0) -> ExecResult:
         """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
 
         A non-zero exit raises TpuctlError naming the worker, `what` was being done and the script's
-        last line on stderr.
+        last line on stderr. Only a script from tpuctl.remote.render is run: hand-built shell text,
+        where a value could become syntax, is refused before anything is sent.
         """
+        if not isinstance(script, RenderedScript):
+            raise TypeError("only scripts from tpuctl.remote.render run on a worker")
         transport = self.connection(worker).client.get_transport()
         channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
         try:
             channel.exec_command("bash -s")
             channel.sendall(script.encode())
             channel.shutdown_write()
-            stdout, stderr = _drain(channel, timeout)
+            stdout, stderr = _drain(channel, timeout, self.target.ssh_timeout)
             result = ExecResult(stdout, stderr, channel.recv_exit_status())
         except TimeoutError:
             raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
+        except ConnectionLost as exc:
+            self.drop(worker)
+            raise ConnectionLost(f"worker {worker.index} ({worker.address}): {what}: {exc}") from None
         finally:
             channel.close()
         if result.code != 0:
@@ -184,7 +205,10 @@ class Session:
         return result
 
     def sftp(self, worker: Worker) -> paramiko.SFTPClient:
-        return self.connection(worker).sftp()
+        """An SFTP client whose requests time out after ssh_timeout seconds (socket.timeout, an OSError)."""
+        client = self.connection(worker).sftp()
+        client.get_channel().settimeout(self.target.ssh_timeout)
+        return client
 
     def drop(self, worker: Worker) -> None:
         """Forget a worker's connection (after it broke) so the next use reconnects."""
@@ -210,8 +234,8 @@ class Session:
                 self.drop(worker)
                 return Outcome(worker, error=f"worker {worker.index} ({worker.address}): {_describe(exc)}")
 
-        if len(workers) == 1:
-            return [guarded(workers[0])]
+        if len(workers) <= 1:
+            return [guarded(worker) for worker in workers]
         with ThreadPoolExecutor(max_workers=min(len(workers), 32)) as pool:
             return list(pool.map(guarded, workers))
 
@@ -222,21 +246,38 @@ class Session:
         self.close()
 
 
-def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]:
-    """Read stdout and stderr until the command ends; both at once, so neither can block the other."""
+def _drain(channel: paramiko.Channel, timeout: float | None, silent_s: float) -> tuple[bytes, bytes]:
+    """Read stdout and stderr until the command ends; both at once, so neither can block the other.
+
+    After `silent_s` seconds without a byte the worker must prove it still answers (see _still_answers).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     stdout, stderr = bytearray(), bytearray()
+    heard = time.monotonic()
     while True:
         if channel.recv_ready():
             stdout += channel.recv(65536)
+            heard = time.monotonic()
         elif channel.recv_stderr_ready():
             stderr += channel.recv_stderr(65536)
+            heard = time.monotonic()
         elif channel.closed or (channel.eof_received and channel.exit_status_ready()):
             return bytes(stdout), bytes(stderr)
         elif deadline is not None and time.monotonic() > deadline:
             raise TimeoutError()
+        elif time.monotonic() - heard > silent_s:
+            _still_answers(channel.get_transport(), silent_s)
+            heard = time.monotonic()
         else:
             select.select([channel], [], [], 0.5)
+
+
+def _still_answers(transport: paramiko.Transport, timeout_s: float) -> None:
+    """Open (and close) a channel: the server must answer that, even while a command runs silently."""
+    try:
+        transport.open_session(timeout=timeout_s).close()
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise ConnectionLost(f"the worker stopped answering for {timeout_s:.0f} s ({_describe(exc)})") from None
 
 
 def _user_error(worker: Worker, exc: BaseException) -> TpuctlError:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
+from tpuctl.remote.render import fill_template
 
-_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+# ASCII digits only: int() would also read "１" (a full-width digit) as 1.
+_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class Worker:
 
 
 def parse_worker_spec(spec: str, count: int) -> list[int]:
-    """Worker indices selected by `spec`, sorted, each checked against the target's `count` workers."""
+    """Worker indices selected by `spec`, sorted, each checked against the target's `count` workers.
+
+    Bounds are checked on each part before any range is expanded: `0-99999999999` costs nothing.
+    """
     text = spec.strip()
     if text == "all":
         return list(range(count))
@@ -47,10 +52,9 @@ def parse_worker_spec(spec: str, count: int) -> list[int]:
         first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if last < first:
             raise BadInput(f"bad worker range {part.strip()!r}: the end is below the start")
+        if last >= count:
+            raise BadInput(f"worker {max(first, count)} is out of range: the target has {count} worker(s), 0-{count - 1}")
         selected.update(range(first, last + 1))
-    outside = sorted(i for i in selected if i >= count)
-    if outside:
-        raise BadInput(f"worker {outside[0]} is out of range: the target has {count} worker(s), 0-{count - 1}")
     return sorted(selected)
 
 
@@ -87,9 +91,11 @@ def select_workers(target: Target, spec: str, require_ready: bool = True) -> lis
 
 
 def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:
-    """The ProxyCommand that reaches `worker` (None: connect directly), its placeholders filled in."""
+    """The ProxyCommand that reaches `worker` (None: connect directly), its placeholders filled in,
+    each as one quoted word (paramiko splits the command like a shell, without running one)."""
     template = target.proxy_template if template is None else template
     if not template:
         return None
-    return template.format(host=worker.host, port=worker.port, instance=worker.instance or worker.host,
-                           worker=worker.index, name=target.name, project=target.project, zone=target.zone)
+    return fill_template(template, {"host": worker.host, "port": worker.port, "instance": worker.instance or worker.host,
+                                    "worker": worker.index, "name": target.name, "project": target.project,
+                                    "zone": target.zone})

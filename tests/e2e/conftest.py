@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("sgl_jax")
 
-from tpuctl.sim.demo import REPO_ROOT, build_tiny_model, prepare_project, smoke_command  # noqa: E402
+from tpuctl.sim.demo import CONDA_ENV, REPO_ROOT, build_tiny_model, prepare_project, smoke_command  # noqa: E402
 from tpuctl.sim.vm import SimTpuVm  # noqa: E402
 
 
@@ -65,8 +65,9 @@ def committed_repo(tmp_path_factory) -> Path:
     return copy
 
 
-def make_sim_project(root: Path, workers: int, repo: Path, model: Path) -> tuple[SimTpuVm, Path]:
-    vm = SimTpuVm(root / "vm", workers=workers).__enter__()
+def make_sim_project(root: Path, workers: int, repo: Path, model: Path, conda: bool = False) -> tuple[SimTpuVm, Path]:
+    """A simulated VM and a project folder targeting it; `conda`: the SOP's conda env instead of a venv."""
+    vm = SimTpuVm(root / "vm", workers=workers, conda_envs={CONDA_ENV: Path(sys.prefix)} if conda else {}).__enter__()
     return vm, prepare_project(vm, root / "project", repo, smoke_command(model))
 
 
@@ -75,6 +76,15 @@ def sim_vm(tmp_path, committed_repo, tiny_model, monkeypatch):
     """A one-worker simulated TPU VM (a v4-8) and a project folder targeting it."""
     monkeypatch.setenv("TPUCTL_KNOWN_TPUS", str(tmp_path / "known_tpus.json"))
     vm, folder = make_sim_project(tmp_path, 1, committed_repo, tiny_model)
+    yield SimProject(vm, folder, tiny_model)
+    vm.__exit__()
+
+
+@pytest.fixture
+def sim_vm_conda(tmp_path, committed_repo, tiny_model, monkeypatch):
+    """The SOP's set-up: a one-worker simulated VM whose target activates the conda env mllm-jax."""
+    monkeypatch.setenv("TPUCTL_KNOWN_TPUS", str(tmp_path / "known_tpus.json"))
+    vm, folder = make_sim_project(tmp_path, 1, committed_repo, tiny_model, conda=True)
     yield SimProject(vm, folder, tiny_model)
     vm.__exit__()
 

@@ -21,6 +21,15 @@ def test_smoke_runs_the_real_trainer_with_sglang_jax(sim_vm):
     assert "sim" + "0" * 37 not in result.out + result.err + log  # the W&B key stays secret
 
 
+def test_the_sops_conda_setup_runs_the_smoke(sim_vm_conda):
+    """`python -m tpuctl.sim.demo --conda`: the target names conda_env = "mllm-jax", as the SOP's VM."""
+    assert "conda_env" in (sim_vm_conda.folder / "tpuctl.toml").read_text()
+    result = sim_vm_conda.tpuctl("smoke")
+    assert result.code == 0, result.out[-4000:] + result.err[-2000:]
+    assert "SMOKE PASSED" in result.out
+    assert "rollout:\n  backend: sglang_jax" in sim_vm_conda.log(0, "smoke")
+
+
 def test_a_trainer_that_raises_fails_the_smoke_with_its_last_traceback_line(sim_vm, tmp_path):
     broken = tmp_path / "broken-model"
     shutil.copytree(sim_vm.model, broken)

@@ -69,3 +69,39 @@ def test_unknown_key_in_the_project_file(synced):
     result = run("sync")
     assert result.code == 2
     assert "unknown setting 'brnach' in tpuctl.toml [targets.sim]" in result.err
+
+
+ONE_WORKER_CASES = [
+    (("sync", "--worker", "0-99999999999"), "bad worker selection '0-99999999999'"),
+    (("sync", "--worker", "0-999999999"), "worker 1 is out of range: the target has 1 worker(s), 0-0"),
+    (("sync", "--worker", "\uff11"), "bad worker selection '\uff11'"),
+    (("stop", "--grace", "-1"), "bad --grace -1: expected seconds from 0 to 86400"),
+    (("tail", "-n", "-5"), "bad --lines -5: expected 0 or more lines"),
+    (("--set", "identity_file=/nonexistent/id_ed25519", "status"), "identity_file '/nonexistent/id_ed25519' not found"),
+    (("--set", "repo_url=--upload-pack=touch x", "sync"), "repo_url: expected a git URL"),
+    (("--set", "repo_url=ext::sh -c touch% x", "sync"), "repo_url: expected a git URL"),
+    (("--set", "conda_env=x$(touch y)", "launch", "--", "true"), "conda_env: expected a conda env name"),
+    (("--set", "venv=relative", "launch", "--", "true"), "venv: expected an absolute path or one starting with ~/"),
+    (("--set", "env_file=~/a\nb", "secrets", "push"), "env_file: expected an absolute path"),
+    (("--set", "ssh_timeout=0", "status"), "ssh_timeout: expected seconds from 1 to 3600"),
+]
+
+
+@pytest.mark.parametrize("args, expected", ONE_WORKER_CASES, ids=[" ".join(a) for a, _ in ONE_WORKER_CASES])
+def test_bad_input_on_one_worker_is_refused_cleanly(project1, args, expected):
+    project1.write_env()
+    assert run("sync").code == 0
+    before = snapshot(project1)
+    result = run(*args)
+    assert result.code == 2, result.all
+    assert expected in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert snapshot(project1) == before
+
+
+def test_a_project_file_that_is_not_utf8_is_one_line(project1):
+    Path("tpuctl.toml").write_bytes(project1.config_file.read_text().encode() + b"# caf\xe9\n")
+    result = run("config")
+    assert result.code == 2
+    assert "tpuctl.toml: expected UTF-8 text, found byte 0xe9 at offset" in result.err
+    assert len(result.err.strip().splitlines()) == 1

@@ -59,3 +59,11 @@ def test_trust_write_refuses_to_replace_a_changed_pin_without_replace(project1):
     assert tomllib.loads(project1.config_file.read_text())["targets"]["sim"]["host_keys"] == [wrong]
     assert run("trust", "--write", "--replace").code == 0
     assert tomllib.loads(project1.config_file.read_text())["targets"]["sim"]["host_keys"] == [project1.workers[0].fingerprint]
+
+
+def test_trust_fails_when_a_key_changed(project1):
+    """Showing a CHANGED key is a failure (exit 1), not a report like any other."""
+    project1.write_config(host_keys=[project1.workers[0].fingerprint[:-4] + "AAAA"])
+    result = run("trust")
+    assert result.code == 1
+    assert "CHANGED" in result.out and "trust --write --replace" in result.err

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.tpuctl.conftest import HF_TOKEN, WANDB_KEY, run
+from tpuctl.commands.runs import utc_stamp
 from tpuctl.remote.runs import parse_status, status_script
 
 
@@ -198,3 +201,48 @@ def test_leading_assignments_become_the_commands_environment(synced1):
     assert "hello world 4" in (logs(synced1) / "train_latest.log").read_text()
     refused = run("launch", "--name", "only-vars", "--", "A=1")
     assert refused.code == 2 and "no command to launch after the variable assignments 'A=1'" in refused.err
+
+
+def test_status_shows_rich_markup_from_the_log_as_text(synced1):
+    line = "step=1 loss=[/red] entropy=[bold]x reward_mean=0.1250 dt=0.01s"
+    assert run("launch", "--", "echo", line).code == 0
+    exit_text(synced1)
+    result = run("status")
+    assert result.code == 0, result.all
+    assert "[/red]" in result.out and "[bold]x" in result.out
+
+
+def test_the_lock_file_is_kept_when_not_every_process_can_be_seen(synced1, tmp_path):
+    """As a user other than root, a root process holding the TPU is invisible: keep the lock file."""
+    session, _ = synced1.session()
+    device = tmp_path / "accel0"
+    device.write_text("")
+    shared = Path(tempfile.mkdtemp(prefix="tpuctl-lock-"))  # outside pytest's folder, which only root may enter
+    shared.chmod(0o777)
+    lock = shared / "libtpu_lockfile"
+    lock.write_text("")
+    lock.chmod(0o666)
+    from tpuctl.remote.runs import stop_script
+
+    script = stop_script(session.target, "train", 1, lockfile=str(lock), device_patterns=(str(device),))
+    holder = subprocess.Popen(["bash", "-c", f"exec 3<{device}; sleep 30"])  # root holds the "TPU"
+    try:
+        wait_for(lambda: any(os.readlink(f"/proc/{holder.pid}/fd/{fd}") == str(device)
+                             for fd in os.listdir(f"/proc/{holder.pid}/fd")))
+        as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-s"],
+                                   input=script, capture_output=True, text=True, cwd="/")
+    finally:
+        holder.kill()
+        holder.wait()
+    kept = lock.exists()
+    shutil.rmtree(shared)
+    assert "lock=kept (cannot see every process's open files: not root)" in as_nobody.stdout, as_nobody
+    assert kept
+
+
+def test_run_stamps_of_launches_a_moment_apart_differ():
+    """A stop and a launch at once (or two quick runs) must not meet the noclobber guard of one stamp."""
+    first = utc_stamp()
+    time.sleep(0.002)
+    second = utc_stamp()
+    assert first < second and len(first) == len("20250101T000000.000Z")

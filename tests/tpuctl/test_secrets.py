@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
+from pathlib import Path
 
+import paramiko
 import pytest
+from dotenv import dotenv_values
 
 from tests.tpuctl.conftest import HF_TOKEN, WANDB_KEY, run
+from tests.tpuctl.test_runs import wait_for
 
 
 def test_push_copies_with_mode_600_and_shows_key_names_only(project3):
@@ -37,7 +42,7 @@ def test_a_different_previous_env_is_kept(project1):
     ("WANDB_API_KEY=short\n", "WANDB_API_KEY in .env has 5 characters; expected 40 or more"),
     ("GOOD=1\nthis line is broken\n", "line 2 is not KEY=VALUE"),
     ("BAD-KEY=1\n", "key 'BAD-KEY' is not a shell variable name"),
-    ("TOKEN=two words\n", "the value of TOKEN has spaces or shell characters"),
+    ("DATA=${HOME}/data\n", "the value of DATA uses ${...}, which python-dotenv expands differently on each machine"),
     ("# only a comment\n", "defines no variables"),
 ])
 def test_bad_env_files_are_refused_before_anything_is_copied(project1, text, expected):
@@ -46,7 +51,7 @@ def test_bad_env_files_are_refused_before_anything_is_copied(project1, text, exp
     assert result.code == 2
     assert expected in result.err
     assert len(result.err.strip().splitlines()) == 1
-    assert "short" not in result.err and "two words" not in result.err  # values never echoed
+    assert "short" not in result.err and "/data" not in result.err  # values never echoed
     assert not project1.remote(0, "~/.env").exists()
 
 
@@ -64,6 +69,40 @@ def test_dry_run_names_the_steps_without_values(project1):
     project1.write_env()
     result = run("secrets", "push", "--dry-run")
     assert result.code == 0
-    assert "sftp put .env" in result.out and "mode 600" in result.out
+    assert "sftp write .env" in result.out and "mode 600" in result.out
     assert WANDB_KEY not in result.all
     assert not project1.remote(0, "~/.env").exists()
+
+
+ISSUE_VALUES = 'DB_PASS="pa$word`id -u`"\nPLAIN=abc$HOME\nTILDE=~/data\n'
+MORE_VALUES = ("SPACES=two words\nQUOTED='it\\'s'\nESCAPED=\"a\\nb\\\"c\"\nMULTI='line one\nline two'\n"
+               "EMPTY=\nHASH=a#b\nCOMMENTED=x # a comment\nUNICODE=é中\nEQUALS=a=b=c\nexport EXPORTED=yes\n")
+
+
+def test_the_run_sees_each_env_value_exactly_as_python_dotenv_reads_it(project1):
+    env = project1.write_env(ISSUE_VALUES + MORE_VALUES)
+    expected = dotenv_values(env)
+    assert expected["DB_PASS"] == "pa$word`id -u`" and expected["PLAIN"] == "abc$HOME"  # python-dotenv's reading
+    assert run("sync").code == 0 and run("secrets", "push").code == 0
+    dump = "import json, os, sys; json.dump({k: os.environ.get(k) for k in sys.argv[1:]}, open('seen.json', 'w'))"
+    assert run("launch", "--", "python3", "-c", dump, *expected).code == 0
+    seen = project1.remote(0, "~/repo/seen.json")
+    wait_for(lambda: seen.exists() and seen.stat().st_size)
+    assert json.loads(seen.read_text()) == dict(expected)
+
+
+def test_temporary_env_files_are_created_mode_600(project1, monkeypatch):
+    """The secret never sits in a file others can read, not even between creating and chmod."""
+    project1.write_env()
+    seen = []
+    original = paramiko.SFTPClient.open
+
+    def recording_open(self, filename, mode="r", bufsize=-1):
+        handle = original(self, filename, mode, bufsize)
+        seen.append(stat.S_IMODE(Path(filename).stat().st_mode))  # the worker is this machine: look at the file
+        return handle
+
+    monkeypatch.setattr(paramiko.SFTPClient, "open", recording_open)
+    assert run("secrets", "push").code == 0
+    assert seen and set(seen) == {0o600}
+    assert stat.S_IMODE(project1.remote(0, "~/.env.values").stat().st_mode) == 0o600

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -65,7 +67,8 @@ def test_smoke_stops_at_the_first_failed_step(smoke_project):
 def test_smoke_dry_run_prints_every_changing_script_and_runs_nothing(smoke_project):
     result = run("smoke", "--dry-run")
     assert result.code == 0, result.all
-    for marker in ("git reset --hard", "sftp put .env", "TPUCTL_PROBE", "setsid nohup", "./fake_trainer.sh --steps 1"):
+    for marker in ("git ls-remote", "git reset --hard", "sftp write .env", "TPUCTL_PROBE", "launch_preflight.sh",
+                   "setsid nohup", "argv=(./fake_trainer.sh --steps 1)"):
         assert marker in result.out
     assert WANDB_KEY not in result.all
     assert not smoke_project.remote(0, "~/repo").exists() and not smoke_project.remote(0, "~/.env").exists()
@@ -79,3 +82,12 @@ def test_smoke_dry_run_prints_every_changing_script_and_runs_nothing(smoke_proje
 ])
 def test_the_backend_is_read_from_the_printed_config_not_from_an_error_message(log, backend):
     assert rollout_backend(log) == backend
+
+
+def test_smoke_fails_on_a_run_that_vanishes(smoke_project):
+    """The run is killed with its runner (no exit file): smoke must end, failed, saying vanished."""
+    done = subprocess.run([sys.executable, "-m", "tpuctl", "smoke", "--", "bash", "-c", "sleep 1; kill -KILL 0"],
+                          cwd=smoke_project.folder, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "vanished" in done.stdout + done.stderr and "SMOKE FAILED" in done.stdout

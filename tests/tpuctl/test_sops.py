@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from tests.tpuctl.conftest import run
 from tpuctl.cli import app
 
 SOPS = Path(__file__).resolve().parents[2] / "sops"
@@ -54,8 +55,12 @@ def test_sop_line_parses(source, line):
     assert isinstance(params, dict)
 
 
-@pytest.mark.parametrize("argv", [["sync", "--no-such-flag"], ["stop", "--grace", "soon"], ["nosuchcommand"]])
-def test_a_wrong_line_does_not_parse(argv):
-    with pytest.raises(Exception) as raised:
-        parse(argv)
-    assert any(words in str(raised.value) for words in ("No such", "valid number"))
+@pytest.mark.parametrize("argv, expected", [
+    (["sync", "--no-such-flag"], "No such option: --no-such-flag (see tpuctl sync --help)"),
+    (["stop", "--grace", "soon"], "Invalid value for '--grace'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand' (see tpuctl --help)"),
+])
+def test_a_wrong_line_is_one_clear_error(argv, expected):
+    result = run(*argv)
+    assert result.code == 2 and result.err.startswith("error: ") and expected in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err

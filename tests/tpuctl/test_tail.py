@@ -7,6 +7,7 @@ import time
 
 from tests.tpuctl.conftest import run
 from tests.tpuctl.test_runs import exit_text, logs, wait_for
+from tpuctl.follow import LogFollower
 
 
 def test_last_lines(project1):
@@ -21,7 +22,8 @@ def test_last_lines(project1):
 
 def test_until_exit_returns_the_runs_own_exit_code(project1):
     assert run("sync").code == 0
-    assert run("launch", "--", "./fake_trainer.sh", "--steps", "5", "--sleep", "0.1", "--exit", "3").code == 0
+    # Slow enough that tail starts (with -n 0: at the log's end) before the last step, even on a busy machine.
+    assert run("launch", "--", "./fake_trainer.sh", "--steps", "5", "--sleep", "1", "--exit", "3").code == 0
     result = run("tail", "--until-exit", "-n", "0")
     assert result.code == 3
     assert "step=4 " in result.out
@@ -65,3 +67,33 @@ def test_tail_of_a_missing_run_says_so(project1):
     result = run("tail", "--name", "nothing")
     assert result.code == 1
     assert "no run named 'nothing'" in result.err
+
+
+def test_a_log_replaced_and_regrown_past_the_offset_is_read_again_from_its_start(project1):
+    """Truncated and rewritten between two polls, longer than before: no line of the new log is skipped."""
+    assert run("sync").code == 0
+    base = project1.remote(0, "~/repo/logs/manual_20250101T000000Z")
+    base.parent.mkdir(parents=True)
+    log = base.with_suffix(".log")
+    log.write_text("old 1\nold 2\n")
+    session, workers = project1.session()
+    shown = []
+    follower = LogFollower(session, workers[0], str(base), emit=shown.append, name="manual")
+    follower.last_lines(10)
+    assert shown == ["old 1", "old 2"]
+    log.write_text("new 1\nnew 2\nnew 3\nnew 4\n")  # truncated, then rewritten past the old size
+    base.with_suffix(".exit").write_text("0\n")
+    assert follower.poll()
+    session.close()
+    assert shown == ["old 1", "old 2", "new 1", "new 2", "new 3", "new 4"]
+
+
+def test_terminal_escape_sequences_in_the_log_are_shown_not_obeyed(project1):
+    assert run("sync").code == 0
+    title = "\x1b]0;owned\x07"
+    assert run("launch", "--", "printf", f"\x1b[31mred\x1b[0m {title} \u202eevil\\n").code == 0
+    exit_text(project1)
+    result = run("tail", "-n", "5")
+    assert result.code == 0
+    assert "\x1b" not in result.out and "\x07" not in result.out and "\u202e" not in result.out
+    assert "\\x1b[31mred\\x1b[0m \\x1b]0;owned\\x07 \\u202eevil" in result.out

@@ -14,6 +14,7 @@ from tpuctl.commands.common import (
     DryRunOpt,
     JsonOpt,
     NameOpt,
+    Note,
     WorkerOpt,
     fail_unless,
     open_session,
@@ -22,8 +23,8 @@ from tpuctl.commands.common import (
     workers_of,
 )
 from tpuctl.config import Target
-from tpuctl.console import BadInput, TpuctlError, console
-from tpuctl.remote.git import parse_fields
+from tpuctl.console import BadInput, TpuctlError, console, err_console, printable, shown
+from tpuctl.remote.git import LOGS_DIR, parse_fields, parse_lines
 from tpuctl.remote.runs import (
     LaunchPlan,
     RunStatus,
@@ -32,6 +33,7 @@ from tpuctl.remote.runs import (
     launch_script,
     parse_env_assignments,
     parse_status,
+    runner_script,
     status_script,
     stop_script,
 )
@@ -42,7 +44,9 @@ EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for t
 
 
 def utc_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """A run's UTC start, to the millisecond (ISO 8601 basic): a stop and a relaunch in the same second
+    get two stamps, so the run files' noclobber guard only ever stops a real collision."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
 
 
 def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str, str]]:
@@ -54,32 +58,53 @@ def distributed_env(target: Target, workers: list[Worker]) -> dict[int, dict[str
                       "JAX_PROCESS_ID": str(rank)} for rank, w in enumerate(workers)}
 
 
+def launch_scripts(target: Target, workers: list[Worker], plan: LaunchPlan) -> list[tuple[Worker, str | Note]]:
+    """Every script a launch runs, per worker and in order, for --dry-run (the runner decoded too)."""
+    envs = distributed_env(target, workers)
+    scripts: list[tuple[Worker, str | Note]] = [(w, launch_preflight_script(target, plan.name)) for w in workers]
+    for w in workers:
+        scripts += [(w, launch_script(target, plan, w.index, envs[w.index])),
+                    (w, Note(f"# the runner above, decoded: {LOGS_DIR}/{plan.base}.sh on worker {w.index}")),
+                    (w, Note(runner_script(target, plan, envs[w.index])))]
+    return scripts
+
+
 def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan) -> bool:
-    """Refuse (changing nothing) if any worker is not ready, else start the run on every worker."""
+    """Refuse (changing nothing) if any worker is not ready, else start the run on every worker.
+
+    The first worker starts alone: a launch that loses a race for the name there (two launches at
+    once) is refused before it touches any other worker.
+    """
     checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name), "launch preflight").out)
     if not report_errors(checks):
         return False
-    problems = [f"worker {c.worker.index}: {line[8:]}" for c in checks for line in c.value.splitlines()
-                if line.startswith("problem=")]
+    problems = [f"worker {c.worker.index}: {line}" for c in checks for line in parse_lines(c.value, "problem")]
     for check in checks:
-        for line in check.value.splitlines():
-            if line.startswith("warning="):
-                console.print(f"[yellow]{check.worker.label} warning:[/] {line[8:]}", highlight=False)
+        for line in parse_lines(check.value, "warning"):
+            console.print(f"[yellow]{check.worker.label} warning:[/] {shown(line)}", highlight=False)
     if problems:
         raise BadInput("launch refused: " + "; ".join(problems))
     envs = distributed_env(target, workers)
-    outcomes = session.each(workers, lambda w: _start(session, target, w, plan, envs[w.index]))
+    first = session.each(workers[:1], lambda w: _start(session, target, w, plan, envs[w.index]))
+    if first[0].ok and first[0].value.get("refused"):
+        raise BadInput(f"launch refused: worker {workers[0].index}: {first[0].value['refused']}")
+    if not first[0].ok:
+        return report_errors(first)
+    outcomes = first + session.each(workers[1:], lambda w: _start(session, target, w, plan, envs[w.index]))
     for outcome in outcomes:
-        if outcome.ok:
-            console.out(f"{outcome.worker.label} {outcome.worker.address}  started pid {outcome.value['pid']}  "
-                        f"log {outcome.value['log']}", highlight=False)
-    return report_errors(outcomes)
+        if outcome.ok and not outcome.value.get("refused"):
+            console.out(printable(f"{outcome.worker.label} {outcome.worker.address}  started pid {outcome.value['pid']}  "
+                                  f"log {outcome.value['log']}"), highlight=False)
+    refused = [f"worker {o.worker.index}: {o.value['refused']}" for o in outcomes if o.ok and o.value.get("refused")]
+    for line in refused:
+        err_console.print(f"[red]refused:[/] {shown(line)}")
+    return report_errors(outcomes) and not refused
 
 
 def _start(session, target: Target, worker: Worker, plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
     result = session.exec(worker, launch_script(target, plan, worker.index, env), "launch")
     found = parse_fields(result.out)
-    if not found.get("pid"):
+    if not found.get("pid") and not found.get("refused"):
         raise TpuctlError(f"worker {worker.index}: the run did not start (no pid file after 5 s): {result.failure}")
     return found
 
@@ -92,8 +117,7 @@ def launch(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFAU
     plan = LaunchPlan(check_run_name(name), utc_stamp(), tuple(command), parse_env_assignments(env or []))
     target, workers = workers_of(ctx, worker)
     if dry_run:
-        envs = distributed_env(target, workers)
-        print_dry_run(target, [(w, launch_script(target, plan, w.index, envs[w.index])) for w in workers])
+        print_dry_run(target, launch_scripts(target, workers, plan))
         return
     with open_session(target) as session:
         fail_unless(run_launch(session, target, workers, plan))
@@ -121,9 +145,9 @@ def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = 
     for o in outcomes:
         step = o.value.step if o.ok else {}
         state = ("[yellow]preempted[/]" if o.worker.index in preempted else
-                 o.value.label if o.ok else "[red]unreachable[/]")
-        table.add_row(o.worker.label, o.worker.address, state, *(step.get(k, "") for k in
-                      ("step", "loss", "entropy", "reward_mean", "dt")), o.value.log if o.ok else "")
+                 shown(o.value.label) if o.ok else "[red]unreachable[/]")
+        table.add_row(o.worker.label, o.worker.address, state, *(shown(step.get(k, "")) for k in
+                      ("step", "loss", "entropy", "reward_mean", "dt")), shown(o.value.log) if o.ok else "")
     console.print(table)
     fail_unless(report_errors([o for o in outcomes if o.worker.index not in preempted]))
 
@@ -141,23 +165,33 @@ def preempted_workers(target: Target, outcomes) -> set[int]:
     return suspects if node_state(target) in PREEMPTED_STATES else set()
 
 
+STOP_WORDS = {"TERM": "stopped (TERM)", "none": "was not running",
+              "unverified": "NOT signalled: its lock is held, but no process could be verified as the run "
+                            "(pid file or identity changed); check the worker with ps"}
+
+
 def run_stop(session, target: Target, workers: list[Worker], name: str, grace_s: float) -> bool:
-    outcomes = session.each(workers, lambda w: parse_fields(
-        session.exec(w, stop_script(target, name, grace_s), "stop", timeout=grace_s + 60).out))
-    words = {"TERM": "stopped (TERM)", "KILL": f"killed (KILL after {grace_s:g} s)", "none": "was not running"}
+    outcomes = session.each(workers, lambda w: session.exec(w, stop_script(target, name, grace_s), "stop",
+                                                            timeout=grace_s + 60).out)
+    words = {**STOP_WORDS, "KILL": f"killed (KILL after {grace_s:g} s)"}
+    unverified = False
     for o in outcomes:
         if o.ok:
-            what = words.get(o.value.get("signal", ""), f"no run named {name!r}")
-            console.out(f"{o.worker.label} {o.worker.address}  {what}; lock file {o.value.get('lock', '?')}",
-                        highlight=False)
-    return report_errors(outcomes)
+            signals = parse_lines(o.value, "signal")
+            what = words.get(signals[-1], signals[-1]) if signals else f"no run named {name!r}"
+            unverified = unverified or "unverified" in signals
+            console.out(printable(f"{o.worker.label} {o.worker.address}  {what}; lock file "
+                                  f"{parse_fields(o.value).get('lock', '?')}"), highlight=False)
+    return report_errors(outcomes) and not unverified
 
 
 def stop(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all",
-         grace: Annotated[float, typer.Option(help="Seconds between TERM and KILL.", min=0)] = 30.0,
+         grace: Annotated[float, typer.Option(help="Seconds between TERM and KILL (0 or more).")] = 30.0,
          dry_run: DryRunOpt = False) -> None:
-    """TERM the run's process group, wait, then KILL; then remove a stale libtpu lock file."""
+    """TERM the run's verified process group, wait, then KILL; then remove a stale libtpu lock file."""
     check_run_name(name)
+    if not 0 <= grace <= 86400:
+        raise BadInput(f"bad --grace {grace:g}: expected seconds from 0 to 86400")
     target, workers = workers_of(ctx, worker)
     if dry_run:
         print_dry_run(target, [(w, stop_script(target, name, grace)) for w in workers])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets as token
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from tpuctl.commands.common import (
     DryRunOpt,
+    Note,
     WorkerOpt,
     fail_unless,
     open_session,
@@ -18,49 +18,61 @@ from tpuctl.commands.common import (
     workers_of,
 )
 from tpuctl.config import Target
-from tpuctl.console import TpuctlError, console
+from tpuctl.console import TpuctlError, console, printable
 from tpuctl.envfile import EnvFile, load_env_file
 from tpuctl.remote.git import parse_fields
-from tpuctl.remote.shell import rpath, script
+from tpuctl.remote.render import render
 from tpuctl.workers import Worker
 
 secrets_app = typer.Typer(help="Secrets: the .env that training runs load on the workers.", no_args_is_help=True)
 EnvFileOpt = Annotated[Path, typer.Option("--env-file", help="Local .env to copy.")]
+TEMPORARY = "<mktemp: {path}.tpuctl-XXXXXXXXXXXX>"
 
 
 def prepare_script(target: Target) -> str:
-    return script(f"p={rpath(target.env_file)}", 'mkdir -p "$(dirname "$p")"', 'echo "path=$p"')
+    return render("secrets_prepare", env_file=target.env_file)
 
 
-def install_script(path: str, temporary: str) -> str:
-    """Keep a differing old file as .previous, rename the new one into place, report checksum and mode."""
-    return script(
-        f"p={rpath(path)}; t={rpath(temporary)}",
-        'if [ -f "$p" ] && ! cmp -s "$p" "$t"; then cp -p "$p" "$p.previous" && echo "previous=$p.previous"; fi',
-        'mv -f "$t" "$p"',
-        'echo "sha256=$(sha256sum "$p" | cut -d" " -f1)"',
-        'echo "mode=$(stat -c %a "$p")"',
-    )
+def install_script(path: str, temporary: str, values_temporary: str) -> str:
+    """Keep a differing old file as .previous, rename the new ones into place, report checksums and modes."""
+    return render("secrets_install", path=path, temporary=temporary, values_temporary=values_temporary)
 
 
-def push_preview(target: Target, env_file: Path) -> str:
-    """What a push runs on one worker, for --dry-run: the SFTP copy sits between the two scripts."""
-    temporary = f"{target.env_file}.tpuctl-<12 random hex digits>"
-    return (prepare_script(target) + f"# then: sftp put {env_file} -> {temporary} (mode 600 before writing)\n"
-            + install_script(target.env_file, temporary))
+def push_preview(target: Target, env_file: Path) -> list[str | Note]:
+    """What a push runs on one worker, for --dry-run: the SFTP writes sit between the two scripts."""
+    temporary = TEMPORARY.format(path=target.env_file)
+    return [prepare_script(target),
+            Note(f"# then: sftp write {env_file} -> {temporary}, and its parsed KEY=VALUE records -> another "
+                 f"{temporary} (both created with mode 600 by mktemp)"),
+            install_script(target.env_file, temporary, temporary)]
+
+
+def _write(sftp, path: str, data: bytes) -> None:
+    """Write into a file the prepare script created (mode 600): open without creating, never chmod after."""
+    with sftp.open(path, "r+") as handle:
+        handle.write(data)
 
 
 def push_env(session, target: Target, worker: Worker, env: EnvFile) -> dict[str, str]:
-    path = parse_fields(session.exec(worker, prepare_script(target), "preparing the env file folder").out)["path"]
-    temporary = f"{path}.tpuctl-{token.token_hex(6)}"
+    prepared = parse_fields(session.exec(worker, prepare_script(target), "preparing the env file").out)
+    path, temporaries = prepared["path"], (prepared["temporary"], prepared["values_temporary"])
+    if not all(t.startswith(f"{path}.tpuctl-") for t in temporaries):
+        raise TpuctlError(f"worker {worker.index}: unexpected temporary files {temporaries!r} beside {path}")
     sftp = session.sftp(worker)
-    with sftp.open(temporary, "wx") as handle:
-        sftp.chmod(temporary, 0o600)  # before any byte of the secret is written
-        handle.write(env.data)
-    found = parse_fields(session.exec(worker, install_script(path, temporary), "installing the env file").out)
-    if found.get("sha256") != env.sha256:
+    try:
+        _write(sftp, temporaries[0], env.data)
+        _write(sftp, temporaries[1], env.records)
+        found = parse_fields(session.exec(worker, install_script(path, *temporaries), "installing the env file").out)
+    except BaseException:
+        for temporary in temporaries:
+            try:
+                sftp.remove(temporary)
+            except OSError:
+                pass
+        raise
+    if (found.get("sha256"), found.get("values_sha256")) != (env.sha256, env.records_sha256):
         raise TpuctlError(f"worker {worker.index}: checksum of {path} does not match the local file after copying")
-    if found.get("mode") != "600":
+    if (found.get("mode"), found.get("values_mode")) != ("600", "600"):
         raise TpuctlError(f"worker {worker.index}: {path} has mode {found.get('mode')}, expected 600")
     return {"path": path, **found}
 
@@ -70,8 +82,8 @@ def run_push(session, target: Target, workers: list[Worker], env: EnvFile) -> bo
     for outcome in outcomes:
         if outcome.ok:
             kept = f"  (previous file kept as {outcome.value['previous']})" if "previous" in outcome.value else ""
-            console.out(f"{outcome.worker.label} {outcome.worker.address}  {outcome.value['path']}  mode 600, "
-                        f"sha256 verified{kept}", highlight=False)
+            console.out(printable(f"{outcome.worker.label} {outcome.worker.address}  {outcome.value['path']}  "
+                                  f"mode 600, sha256 verified{kept}"), highlight=False)
     ok = report_errors(outcomes)
     if ok:
         console.out(f"pushed {len(env.keys)} variable(s): {', '.join(env.keys)}", highlight=False)
@@ -85,7 +97,7 @@ def push(ctx: typer.Context, env_file: EnvFileOpt = Path(".env"), worker: Worker
     target, workers = workers_of(ctx, worker)
     env = load_env_file(env_file)
     if dry_run:
-        print_dry_run(target, [(w, push_preview(target, env_file)) for w in workers])
+        print_dry_run(target, [(w, item) for w in workers for item in push_preview(target, env_file)])
         return
     with open_session(target) as session:
         fail_unless(run_push(session, target, workers, env))

@@ -13,21 +13,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, print_dry_run, workers_of
-from tpuctl.commands.runs import CommandArg, distributed_env, run_launch, utc_stamp
+from tpuctl.commands.common import DryRunOpt, Note, WorkerOpt, fail_unless, open_session, print_dry_run, workers_of
+from tpuctl.commands.runs import CommandArg, launch_scripts, run_launch, utc_stamp
 from tpuctl.commands.secrets import EnvFileOpt, push_preview, run_push
 from tpuctl.commands.sync import run_sync
 from tpuctl.commands.tail import follow_logs
 from tpuctl.commands.verify import run_verify
 from tpuctl.config import BACKENDS, Target
-from tpuctl.console import BadInput, TpuctlError, console
+from tpuctl.console import BadInput, TpuctlError, console, shown
 from tpuctl.envfile import EnvFile, load_env_file
-from tpuctl.remote.git import apply_script
+from tpuctl.remote.git import apply_script, preflight_script
 from tpuctl.remote.probe import probe_script
-from tpuctl.remote.runs import LaunchPlan, launch_script
+from tpuctl.remote.runs import LaunchPlan
 from tpuctl.smoke_checks import Check, check_smoke
 from tpuctl.workers import Worker
 
@@ -37,12 +36,12 @@ SMOKE_RUN = "smoke"
 def _log_and_exit(session, worker: Worker, target: Target) -> tuple[str, int | None]:
     from tpuctl.follow import locate
 
-    log_path, exit_path = locate(session, worker, target.remote_repo, SMOKE_RUN)
+    base = locate(session, worker, target.remote_repo, SMOKE_RUN)
     sftp = session.sftp(worker)
-    with sftp.open(log_path, "rb") as handle:
+    with sftp.open(base + ".log", "rb") as handle:
         log = handle.read().decode(errors="replace")
     try:
-        with sftp.open(exit_path, "rb") as handle:
+        with sftp.open(base + ".exit", "rb") as handle:
             text = handle.read(32).decode().strip()
     except FileNotFoundError:
         return log, None
@@ -51,9 +50,10 @@ def _log_and_exit(session, worker: Worker, target: Target) -> tuple[str, int | N
 
 def _steps(target: Target, workers: list[Worker], env: EnvFile | None, backend: str,
            plan: LaunchPlan) -> list[tuple[str, Callable[[object], bool]]]:
-    stash = "tpuctl smoke " + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC)
+    stash, stamp = "tpuctl smoke " + now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y%m%dT%H%M%SZ")
     return [
-        ("sync", lambda s: run_sync(s, target, workers, stash)),
+        ("sync", lambda s: run_sync(s, target, workers, stash, stamp)),
         ("secrets", lambda s: run_push(s, target, workers, env) if env else _skip("no local .env")),
         ("verify-env", lambda s: run_verify(s, target, workers, backend)),
         ("launch", lambda s: run_launch(s, target, workers, plan)),
@@ -67,14 +67,15 @@ def _skip(reason: str) -> bool:
 
 
 def _print_plan(target: Target, workers: list[Worker], env: EnvFile | None, plan: LaunchPlan) -> None:
-    """--dry-run: every script the smoke would run that changes a worker, in order."""
-    envs = distributed_env(target, workers)
+    """--dry-run: every script the smoke would run, in order, preflights included."""
+    now = datetime.now(UTC)
+    stash, stamp = "tpuctl smoke " + now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y%m%dT%H%M%SZ")
+    items: list[tuple[Worker, str | Note]] = []
     for worker in workers:
-        scripts = [apply_script(target, "tpuctl smoke"), probe_script(target),
-                   launch_script(target, plan, worker.index, envs[worker.index])]
-        if env:
-            scripts.insert(1, push_preview(target, env.path))
-        print_dry_run(target, [(worker, script) for script in scripts])
+        items += [(worker, preflight_script(target)), (worker, apply_script(target, stash, stamp))]
+        items += [(worker, item) for item in push_preview(target, env.path)] if env else []
+        items.append((worker, probe_script(target)))
+    print_dry_run(target, items + launch_scripts(target, workers, plan))
 
 
 def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "all",
@@ -108,7 +109,7 @@ def _run_steps(session, steps, summary: Table) -> bool:
         try:
             ok = action(session)
         except TpuctlError as exc:
-            console.print(f"[red]{name} failed:[/] {exc}", highlight=False)
+            console.print(f"[red]{name} failed:[/] {shown(str(exc))}", highlight=False)
             ok = False
         summary.add_row(name, "all", "[green]ok[/]" if ok else "[red]failed[/]", "")
         if not ok:
@@ -125,7 +126,7 @@ def _check_logs(session, target: Target, workers: list[Worker], rollout: str, su
         checks = check_smoke(*o.value, rollout) if o.ok else [Check("read log", False, o.error or "")]
         for check in checks:
             summary.add_row(check.name, o.worker.label, "[green]pass[/]" if check.passed else "[red]FAIL[/]",
-                            escape(check.detail))
+                            shown(check.detail))
             passed = passed and check.passed
     return passed
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from tpuctl.commands.common import DEFAULT_RUN, NameOpt, WorkerOpt, open_session, workers_of
 from tpuctl.config import Target
-from tpuctl.console import EXIT_FAILED, TpuctlError, console, err_console
+from tpuctl.console import EXIT_FAILED, BadInput, TpuctlError, console, err_console, printable, shown
 from tpuctl.remote.runs import check_run_name
 from tpuctl.workers import Worker
 
@@ -46,17 +45,17 @@ def follow_logs(session, target: Target, workers: list[Worker], name: str, lines
     def emitter(worker: Worker):
         def emit(line: str) -> None:
             with printing:
-                console.out(f"[{worker.label}] {line}" if labelled else line, highlight=False)
+                console.out(f"[{worker.label}] {printable(line)}" if labelled else printable(line), highlight=False)
         return emit
 
-    followers = [LogFollower(session, o.worker, *o.value, emit=emitter(o.worker)) for o in located if o.ok]
+    followers = [LogFollower(session, o.worker, o.value, emit=emitter(o.worker), name=name) for o in located if o.ok]
     if not from_start:
         for follower in followers:
             follower.last_lines(lines)
     if follow or until_exit:
         _follow_all(followers, until_exit, result)
     for error in result.errors:
-        err_console.print(f"[red]error:[/] {escape(error)}")
+        err_console.print(f"[red]error:[/] {shown(error)}")
     return result
 
 
@@ -76,12 +75,14 @@ def _follow_all(followers, until_exit: bool, result: Followed) -> None:
 
 
 def tail(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all",
-         lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="Lines to show first.")] = 40,
+         lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show first (0 or more).")] = 40,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
          until_exit: Annotated[bool, typer.Option("--until-exit", help="Follow until the run ends; exit with its code.")] = False,
          ) -> None:
     """Show the last lines of a run's log; follow it across dropped connections without gaps or repeats."""
     check_run_name(name)
+    if lines < 0:
+        raise BadInput(f"bad --lines {lines}: expected 0 or more lines")
     target, workers = workers_of(ctx, worker)
     with open_session(target) as session:
         followed = follow_logs(session, target, workers, name, lines, follow, until_exit)

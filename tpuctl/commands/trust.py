@@ -8,7 +8,7 @@ import typer
 
 from tpuctl.commands.common import WorkerOpt, fail_unless, report_errors, target_of
 from tpuctl.config import Overrides, Target, project_path
-from tpuctl.console import BadInput, console
+from tpuctl.console import BadInput, console, err_console
 from tpuctl.workers import Worker, parse_worker_spec, proxy_for, resolve_workers
 
 
@@ -76,8 +76,11 @@ def trust(ctx: typer.Context, worker: WorkerOpt = "all",
             raise BadInput(f"host key of worker(s) {', '.join(map(str, changed))} CHANGED: verify the new key out of "
                            "band, then rerun with --write --replace")
         write_pins(path, target, {o.worker.index: o.value[1] for o in outcomes if o.ok}, len(workers))
-        console.print(f"pinned {sum(o.ok for o in outcomes)} key(s) in {path} [targets.{target.alias}]", highlight=False)
-    fail_unless(ok)
+        console.out(f"pinned {sum(o.ok for o in outcomes)} key(s) in {path} [targets.{target.alias}]", highlight=False)
+    elif changed:
+        err_console.print(f"[red]host key of worker(s) {', '.join(map(str, changed))} CHANGED:[/] tpuctl will refuse to "
+                          "connect; if the VM was recreated, verify the new key out of band and run trust --write --replace")
+    fail_unless(ok and (write or not changed))
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from tpuctl.commands.common import JsonOpt, WorkerOpt, fail_unless, open_session, report_errors, workers_of
 from tpuctl.config import BACKENDS, Target
-from tpuctl.console import BadInput, TpuctlError, console
+from tpuctl.console import BadInput, TpuctlError, console, shown
 from tpuctl.remote.probe import VERSION_KEYS, EnvReport, check_envs, parse_probe, probe_script
 from tpuctl.workers import Worker
 
@@ -49,11 +49,11 @@ def _print_table(workers: list[Worker], report: EnvReport) -> None:
             table.add_row(worker.label, *["-"] * (len(VERSION_KEYS) + 3))
             continue
         devices = f"{info.get('local_device_count', '-')}/{info.get('device_count', '-')}"
-        table.add_row(worker.label, *(str(info.get(k) or "-") for k in VERSION_KEYS), str(info.get("backend", "-")),
-                      devices, str(info.get("device_kind", "-")))
+        table.add_row(worker.label, *(shown(str(info.get(k) or "-")) for k in VERSION_KEYS),
+                      shown(str(info.get("backend", "-"))), shown(devices), shown(str(info.get("device_kind", "-"))))
     console.print(table)
     for problem in report.problems:
-        console.print(f"[red]x[/] {problem}", highlight=False)
+        console.print(f"[red]x[/] {shown(problem)}", highlight=False)
     if report.ok:
         console.print("[green]environment ok[/]")
 

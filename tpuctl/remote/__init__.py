@@ -1,1 +1,1 @@
-"""What runs on the workers: bash scripts built from quoted parts, and the parsing of their output."""
+"""What runs on the workers: bash scripts (scripts/*.sh) whose values render.py quotes, and the parsing of their output."""

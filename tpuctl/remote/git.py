@@ -1,67 +1,30 @@
 """`tpuctl sync`: make each worker's checkout exactly origin/BRANCH, losing nothing the user had.
 
 Two phases: a read-only preflight on every worker (is the branch there, is the folder ours to
-manage), then the change. Local edits found on a worker are stashed, never thrown away.
+manage, is a run alive in it), then the change. Local edits found on a worker are stashed, never
+thrown away; the secret env files and logs/ are never stashed or cleaned; commits only the worker
+has are kept under refs/tpuctl/backup/STAMP. The scripts are scripts/sync_*.sh.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from tpuctl.config import Target
-from tpuctl.remote.shell import rpath, script
+from tpuctl.remote.render import render
 
 LOGS_DIR = "logs"
 
 
-def _kept_paths(target: Target) -> list[str]:
-    """Paths inside the checkout that sync never touches: run logs and an env file kept in the repo."""
-    kept = [f"{LOGS_DIR}/"]
-    repo = target.remote_repo.rstrip("/") + "/"
-    if target.env_file.startswith(repo):
-        kept.append(target.env_file[len(repo):])
-    return kept
-
-
-def _variables(target: Target) -> list[str]:
-    return [f"repo={rpath(target.remote_repo)}", f"url={shlex.quote(target.repo_url)}",
-            f"branch={shlex.quote(target.branch)}"]
-
-
-def preflight_script(target: Target) -> str:
+def preflight_script(target: Target, force: bool = False) -> str:
     """Read-only: prints `problem=...` lines for anything that must stop the sync before it starts."""
-    return script(
-        *_variables(target),
-        "command -v git >/dev/null || { echo 'problem=git is not installed on the worker'; exit 0; }",
-        'if ! out=$(git ls-remote --exit-code --heads "$url" "refs/heads/$branch" 2>&1); then',
-        '  if [ -z "$out" ]; then echo "problem=branch \'$branch\' does not exist in $url"',
-        '  else echo "problem=cannot read $url: $(printf %s "$out" | tail -n 1)"; fi; exit 0; fi',
-        'if [ -e "$repo" ] && [ ! -d "$repo/.git" ] && [ -n "$(ls -A "$repo" 2>/dev/null)" ]; then',
-        '  echo "problem=$repo exists and is not a git checkout"; exit 0; fi',
-        'if [ -d "$repo/.git" ]; then origin=$(git -C "$repo" remote get-url origin 2>/dev/null || true)',
-        '  [ "$origin" = "$url" ] || echo "problem=$repo tracks origin \'$origin\', not $url"; fi',
-    )
+    return render("sync_preflight", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
+                  force=int(force))
 
 
-def apply_script(target: Target, stash_label: str) -> str:
-    kept = _kept_paths(target)
-    excludes = " ".join(f"-e {shlex.quote(path)}" for path in kept)
-    pathspec = " ".join(shlex.quote(f":(exclude){path.rstrip('/')}") for path in kept)
-    return script(
-        *_variables(target),
-        'if [ ! -d "$repo/.git" ]; then mkdir -p "$repo"; git clone --quiet --branch "$branch" "$url" "$repo"; fi',
-        'cd "$repo"',
-        f'if [ -n "$(git status --porcelain -- . {pathspec})" ]; then',
-        f"  git stash push --quiet --include-untracked -m {shlex.quote(stash_label)} -- . {pathspec}",
-        '  echo "stashed=$(git rev-parse --short \'stash@{0}\')"; fi',
-        "git fetch --all --prune --quiet",
-        'git checkout --quiet -B "$branch" "origin/$branch"',
-        'git reset --hard --quiet "origin/$branch"',
-        f"git clean -fd --quiet {excludes}",
-        'echo "head=$(git rev-parse HEAD)"',
-        'echo "status=$(git status -sb | head -n 1)"',
-    )
+def apply_script(target: Target, stash_label: str, stamp: str) -> str:
+    return render("sync_apply", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
+                  env_file=target.env_file, stash_label=stash_label, stamp=stamp)
 
 
 @dataclass(frozen=True)
@@ -69,6 +32,7 @@ class SyncResult:
     head: str
     status: str
     stashed: str = ""
+    backups: tuple[str, ...] = ()
 
     @property
     def short_head(self) -> str:
@@ -85,6 +49,12 @@ def parse_fields(text: str) -> dict[str, str]:
     return found
 
 
+def parse_lines(text: str, key: str) -> list[str]:
+    """Every value of `key=` lines, in order (for keys a script prints more than once)."""
+    return [line[len(key) + 1:] for line in text.splitlines() if line.startswith(key + "=")]
+
+
 def parse_sync(text: str) -> SyncResult:
     found = parse_fields(text)
-    return SyncResult(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""))
+    return SyncResult(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
+                      backups=tuple(parse_lines(text, "backup")))

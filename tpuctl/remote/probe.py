@@ -1,4 +1,4 @@
-"""`tpuctl verify-env`: one probe per worker, then the checks across workers and against the pins."""
+"""`tpuctl verify-env`: one probe per worker (scripts/probe.sh), then the checks across workers and against the pins."""
 
 from __future__ import annotations
 
@@ -7,38 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tpuctl.config import Target
-from tpuctl.remote.runs import activation_lines
-from tpuctl.remote.shell import script
+from tpuctl.remote.render import render
 
 PROBE_MARK = "TPUCTL_PROBE "
 VERSION_KEYS = ("python", "jax", "jaxlib", "libtpu", "sglang-jax")
 
-_PROBE_PY = r"""
-import json, platform
-from importlib import metadata
-
-def version(*dists):
-    for dist in dists:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return None
-
-info = {"python": platform.python_version(), "jax": version("jax"), "jaxlib": version("jaxlib"),
-        "libtpu": version("libtpu", "libtpu-nightly"), "sglang-jax": version("sglang-jax")}
-try:
-    import jax
-    info.update(backend=jax.default_backend(), device_count=jax.device_count(),
-                local_device_count=jax.local_device_count(), device_kind=jax.devices()[0].device_kind)
-except Exception as exc:
-    info["error"] = f"{type(exc).__name__}: {exc}"[:400]
-print("TPUCTL_PROBE " + json.dumps(info), flush=True)
-"""
-
 
 def probe_script(target: Target) -> str:
-    return script(*activation_lines(target), "python3 - <<'TPUCTL_PROBE_EOF'", _PROBE_PY.strip(), "TPUCTL_PROBE_EOF")
+    return render("probe", venv=target.venv, conda_env=target.conda_env)
 
 
 def parse_probe(text: str) -> dict[str, object]:

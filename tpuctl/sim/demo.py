@@ -8,7 +8,11 @@ and the project's pins) -> launch `python -m trainer --preset smoke` with
 rollout.backend=sglang_jax on the tiny model and the in-repo GSM8K sample -> tail until exit ->
 the SOP's expected result.
 
-    python -m tpuctl.sim.demo [--workers N] [--keep DIR]
+    python -m tpuctl.sim.demo [--workers N] [--conda] [--keep DIR]
+
+`--conda` runs it as the SOP's VM is set up: the target names a conda env (`mllm-jax`) instead of a
+venv, and the workers have the conda stand-in of tpuctl.sim.conda (a `conda` shell function in
+~/miniconda3/etc/profile.d/conda.sh whose env is this Python's environment).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tpuctl.sim.vm import SimTpuVm, bare_origin, write_config
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GSM8K_SAMPLE = "tests/trainer/data"  # relative to the synced checkout on the worker
 PLACEHOLDER_WANDB_KEY = "sim" + "0" * 37  # 40 characters, like a real key; W&B runs offline
+CONDA_ENV = "mllm-jax"  # the SOP's env name
 
 
 def smoke_command(model_dir: Path, checkpoint_dir: Path | None = None) -> str:
@@ -47,12 +52,17 @@ def build_tiny_model(destination: Path) -> Path:
 
 
 def prepare_project(vm: SimTpuVm, folder: Path, repository: Path, command: str) -> Path:
-    """A laptop-side project folder: tpuctl.toml naming the simulated VM, and a .env."""
+    """A laptop-side project folder: tpuctl.toml naming the simulated VM (its conda env when it has
+    the conda stand-in, else this venv), and a .env."""
     folder.mkdir(parents=True, exist_ok=True)
     origin = bare_origin(repository, vm.root / "origin.git")
+    # The branch checked out here (main in CI, a feature branch in a developer's worktree).
+    branch = subprocess.run(["git", "-C", str(origin), "symbolic-ref", "--short", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    python_env = {"conda_env": next(iter(vm.conda_envs))} if vm.conda_envs else {"venv": sys.prefix}
     write_config(folder / "tpuctl.toml", vm.target_table(
-        repo_url=str(origin), repo_path="~/repo", env_file="~/.env", venv=sys.prefix,
-        expect_backend="cpu", smoke_command=command))
+        repo_url=str(origin), repo_path="~/repo", branch=branch, env_file="~/.env", expect_backend="cpu",
+        smoke_command=command, **python_env))
     (folder / ".env").write_text(f"WANDB_API_KEY={PLACEHOLDER_WANDB_KEY}\n")
     return folder
 
@@ -63,10 +73,11 @@ def run_tpuctl(folder: Path, *args: str) -> int:
     return subprocess.run([sys.executable, "-m", "tpuctl", *args], cwd=folder, env=environ).returncode
 
 
-def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT) -> int:
+def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT, conda: bool = False) -> int:
     """Build the simulated VM under `root`, run `tpuctl smoke` against it; returns smoke's exit code."""
     os.environ["TPUCTL_KNOWN_TPUS"] = str(root / "known_tpus.json")
-    with SimTpuVm(root / "vm", workers=workers) as vm:
+    envs = {CONDA_ENV: Path(sys.prefix)} if conda else {}
+    with SimTpuVm(root / "vm", workers=workers, conda_envs=envs) as vm:
         model = build_tiny_model(root / "tiny-qwen2")
         bucket = root / "bucket" / "smoke" if workers > 1 else None
         folder = prepare_project(vm, root / "project", repository, smoke_command(model, bucket))
@@ -76,16 +87,17 @@ def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1, help="workers of the simulated VM (default 1: a v4-8)")
+    parser.add_argument("--conda", action="store_true", help=f"activate a conda env ({CONDA_ENV}) as the SOP's VM does")
     parser.add_argument("--keep", type=Path, help="build everything here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     if subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout:
         print("note: the simulated VM syncs the last commit; uncommitted changes are not in it", flush=True)
     start = time.perf_counter()
     if args.keep:
-        code = run_demo(args.keep, args.workers)
+        code = run_demo(args.keep, args.workers, conda=args.conda)
     else:
         with tempfile.TemporaryDirectory(prefix="tpuctl-sim-") as tmp:
-            code = run_demo(Path(tmp), args.workers)
+            code = run_demo(Path(tmp), args.workers, conda=args.conda)
     print(f"demo finished in {time.perf_counter() - start:.1f} s with exit code {code}", flush=True)
     sys.exit(code)
 

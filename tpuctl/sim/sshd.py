@@ -133,6 +133,10 @@ class SshdWorker:
         self.process.wait(timeout=10)
         self.process = None
 
+    def session_pids(self) -> list[int]:
+        """The processes serving this server's open connections (its descendants), not the listener."""
+        return _descendants(self.process.pid) if self.process is not None else []
+
     def restart(self) -> SshdWorker:
         self.stop()
         return self.start()

@@ -5,7 +5,9 @@
 - the fake TPU API (real REST wire protocol) lists the node: its network endpoints point at the
   workers and its guest attributes publish their host keys, so discovery and host-key pinning run
   exactly as against Google;
-- the repository the VM syncs from is a local bare git origin.
+- the repository the VM syncs from is a local bare git origin;
+- with `conda_envs`, each worker has the conda stand-in of tpuctl.sim.conda, as the SOP's VM has
+  conda (env `mllm-jax`).
 
 Workers stay on loopback addresses in one network namespace: JAX's CPU collectives (gloo) advertise
 the address the hostname resolves to, which another namespace could not reach.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import tomlkit
 
+from tpuctl.sim.conda import install_conda
 from tpuctl.sim.fake_tpu_api import FakeTpuApi, SimEndpoint
 from tpuctl.sim.sshd import SshdWorker, free_port_on, keygen
 
@@ -33,6 +36,7 @@ class SimTpuVm:
     workers: int = 1
     name: str = "sim-tpu"
     accelerator_type: str = "v4-8"
+    conda_envs: dict[str, Path] = field(default_factory=dict)  # env name -> the venv it activates
     sshd: list[SshdWorker] = field(default_factory=list)
 
     def __enter__(self) -> SimTpuVm:
@@ -46,6 +50,8 @@ class SimTpuVm:
         try:
             for i, address in enumerate(addresses):
                 self.sshd.append(SshdWorker(self.root / f"worker{i}", address, authorized, port=port).start())
+                if self.conda_envs:
+                    install_conda(self.sshd[-1].home, self.conda_envs)
             self.api = FakeTpuApi().start()
         except BaseException:
             self.__exit__()
