@@ -134,7 +134,7 @@ class GRPOLoop:
         self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
                                    self.position.data_position)
         self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
-                                         config.rollout.top_k, config.rollout.top_p)
+                                         config.rollout.top_k, config.rollout.top_p, config.rollout.ignore_eos)
         # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
         # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
         self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
