@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import yaml
-from trainer_testlib import run_trainer
 
+from tests.trainer.helpers import run_trainer
 from trainer.config import ConfigError, TrainerConfig, build, load_config, to_yaml
 from trainer.presets import PRESETS
 

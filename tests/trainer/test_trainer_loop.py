@@ -7,8 +7,8 @@ import signal
 import jax
 import numpy as np
 import pytest
-from trainer_testlib import STEP_LINE, wandb_history
 
+from tests.trainer.helpers import STEP_LINE, wandb_history, wrapping_generate
 from trainer.config import load_config
 from trainer.data import load_gsm8k
 from trainer.loop import train
@@ -213,19 +213,15 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
 def _rollout_logps_off_by(offset: float):
     """The real JAX sampler, reporting log-probs `offset` nats above its own on generated tokens."""
 
-    def factory(*args):
-        backend = make_backend(*args)
-        real_generate = backend.generate
-
-        def generate(*generate_args, **kwargs):
-            out = real_generate(*generate_args, **kwargs)
+    def off_by(generate):
+        def shifted(*args, **kwargs):
+            out = generate(*args, **kwargs)
             out.logprobs_NxC = out.logprobs_NxC + offset * out.completion_mask_NxC
             return out
 
-        backend.generate = generate
-        return backend
+        return shifted
 
-    return factory
+    return wrapping_generate(off_by)
 
 
 @pytest.mark.parametrize("offset, sets", [(0.0, []), (0.25, []), (0.25, ["train.num_iterations=2"])])
@@ -257,20 +253,18 @@ class Crash(Exception):
 def _crashing_after(generates: int):
     """The real JAX sampler, failing on call number generates + 1 (a crash in the middle of a run)."""
 
-    def factory(*args):
-        backend = make_backend(*args)
-        real_generate, calls = backend.generate, []
+    def crashing(generate):
+        calls = []
 
-        def generate(*generate_args, **kwargs):
+        def counted(*args, **kwargs):
             calls.append(1)
             if len(calls) > generates:
                 raise Crash()
-            return real_generate(*generate_args, **kwargs)
+            return generate(*args, **kwargs)
 
-        backend.generate = generate
-        return backend
+        return counted
 
-    return factory
+    return wrapping_generate(crashing)
 
 
 def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(tmp_path):

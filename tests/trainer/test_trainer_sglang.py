@@ -4,9 +4,6 @@ against analytic values and against the trainer's own log-probs, sizing, and who
 import dataclasses
 import json
 import math
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,14 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 import pytest
-from trainer_testlib import run_pod, step_lines, subprocess_env, wandb_history
 
+from tests.trainer.helpers import (
+    run_pod,
+    sigterm_at_step,
+    start_sglang_engine,
+    start_trainer,
+    step_lines,
+    wandb_history,
+    wrapping_generate,
+)
 from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
-from trainer.loop import resolve_auto_values
-from trainer.model.load import build_model
 from trainer.model.qwen2 import Qwen2Config
-from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.sglang_jax import (
     HeadLayout,
     SglangJaxBackend,
@@ -43,23 +45,24 @@ FAVOURED, GAP = 123, 6.4
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, sets=[f"model_path={tiny_model_dir}", "rollout.backend=sglang_jax",
-                                     "rollout.batch_size=8", "rollout.num_pre_q=8", "rollout.global_length=48",
-                                     "rollout.max_length_sample=8", f"out_dir={tmp_path_factory.mktemp('run')}"],
-                         environ={})
-    runtime = start(config)
-    config = resolve_auto_values(config, runtime, tiny_model_dir)
-    tokenizer = ChatTokenizer(tiny_model_dir)
-    model, host_params = build_model(tiny_model_dir, config.model, runtime.platform)
-    backend = SglangJaxBackend(config, model.config, runtime, tokenizer, tiny_model_dir)
-    yield backend, model, jax.tree.map(jnp.asarray, host_params), tokenizer
-    backend.shutdown()
+    engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=8",
+                                 "rollout.num_pre_q=8", "rollout.global_length=48", "rollout.max_length_sample=8")
+    yield engine
+    engine[0].shutdown()
 
 
 def _prompts(tokenizer, rows):
     questions = [f"What is {i % 5} + {i % 3}?" for i in range(rows)]
     ids, mask = left_pad([tokenizer.prompt_ids(q, "") for q in questions], 48, tokenizer.pad_id)
     return ids, mask
+
+
+def _push_and_generate(engine, weights, rows: int, settings: SamplingSettings):
+    """Push weights into the engine, then generate for `rows` prompts."""
+    backend, _, _, tokenizer = engine
+    backend.push_weights(weights)
+    ids, mask = _prompts(tokenizer, rows)
+    return backend.generate(ids, mask, settings, seed=0)
 
 
 def _crafted(params, config: Qwen2Config, favoured: int = FAVOURED):
@@ -89,11 +92,9 @@ def _analytic_logps(config: Qwen2Config, scale: float, other: float, favoured: f
 
 
 def test_crafted_weights_make_one_token_the_argmax_with_the_analytic_logprob(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, _ = engine
     crafted, (low, high) = _crafted(params, model.config)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 16)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0), seed=0)
+    out = _push_and_generate(engine, crafted, 16, SamplingSettings(8, temperature=0.0))
     assert (out.completion_ids_NxC == FAVOURED).all() and out.completion_mask_NxC.all()
     first, _ = _analytic_logps(model.config, low, low, high)  # the input is the last prompt token
     later, _ = _analytic_logps(model.config, high, low, high)  # the input is the favoured token itself
@@ -103,11 +104,9 @@ def test_crafted_weights_make_one_token_the_argmax_with_the_analytic_logprob(eng
 
 
 def test_sampling_after_a_crafted_push_follows_the_analytic_distribution(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, _ = engine
     crafted, (low, high) = _crafted(params, model.config)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 64)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=1.0), seed=0)
+    out = _push_and_generate(engine, crafted, 64, SamplingSettings(8, temperature=1.0))
     valid = out.completion_mask_NxC.astype(bool)  # a stop token (p ~ 5e-4 per draw) may end a row early
     log_favoured, log_other = _analytic_logps(model.config, high, low, high)
     picked = (out.completion_ids_NxC == FAVOURED) & valid
@@ -120,24 +119,20 @@ def test_sampling_after_a_crafted_push_follows_the_analytic_distribution(engine)
 
 
 def test_stop_token_ends_the_completion_and_stays_in_the_mask(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, tokenizer = engine
     stop = tokenizer.stop_ids[0]
     crafted, _ = _crafted(params, model.config, favoured=stop)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 4)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0), seed=0)
+    out = _push_and_generate(engine, crafted, 4, SamplingSettings(8, temperature=0.0))
     assert (out.completion_ids_NxC[:, 0] == stop).all()
     np.testing.assert_array_equal(out.completion_mask_NxC, [[1] + [0] * 7] * 4)
     assert (out.completion_ids_NxC[:, 1:] == tokenizer.pad_id).all()
 
 
 def test_ignore_eos_keeps_generating_after_the_stop_token(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, tokenizer = engine
     stop = tokenizer.stop_ids[0]
     crafted, _ = _crafted(params, model.config, favoured=stop)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 4)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0, ignore_eos=True), seed=0)
+    out = _push_and_generate(engine, crafted, 4, SamplingSettings(8, temperature=0.0, ignore_eos=True))
     assert (out.completion_ids_NxC == stop).all() and out.completion_mask_NxC.all()
 
 
@@ -269,37 +264,32 @@ def test_match_heads_pads_head_dim_and_repeats_kv_heads():
 
 def test_an_exception_in_the_loop_still_shuts_the_engine_down(tmp_path, tiny_model_dir):
     from trainer.loop import train
-    from trainer.rollout import make_backend
 
     config = _tiny_config(tiny_model_dir, "steps=3", f"out_dir={tmp_path / 'run'}", "rollout.batch_size=2",
                           "rollout.num_pre_q=4", "train.micro_batch_size=8")
     backends = []
 
-    def failing_on_step_1(*args):
-        backend = make_backend(*args)
-        real_generate, calls = backend.generate, []
+    def failing_on_call_2(generate):
+        calls = []
 
-        def generate(*generate_args, **kwargs):
+        def failing(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
                 raise RuntimeError("rollout failed")
-            return real_generate(*generate_args, **kwargs)
+            return generate(*args, **kwargs)
 
-        backend.generate = generate
-        backends.append(backend)
-        return backend
+        backends.append(generate.__self__)
+        return failing
 
     with pytest.raises(RuntimeError, match="rollout failed"):
-        train(config, start(config), failing_on_step_1, out=lambda line: None)
+        train(config, start(config), wrapping_generate(failing_on_call_2), out=lambda line: None)
     assert isinstance(backends[0], SglangJaxBackend) and backends[0].engine is None
 
 
 def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_model_dir):
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=3",
             "--set", f"out_dir={tmp_path / 'run'}"]
-    env = subprocess_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = start_trainer(args, cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
     lines, children_during_run = [], None
     for line in child.stdout:
         lines.append(line)
@@ -328,15 +318,10 @@ def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_
 def test_sigterm_with_the_engine_running_saves_and_exits(tmp_path, tiny_model_dir):
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=1000",
             "--set", f"out_dir={tmp_path / 'run'}"]
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=subprocess_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in child.stdout:
-        if line.startswith("step=1 "):
-            child.send_signal(signal.SIGTERM)
-            break
-    rest, stderr = child.communicate(timeout=300)
+    child = start_trainer(args, cwd=tmp_path)
+    stdout, stderr = sigterm_at_step(child, 1)
     assert child.returncode == 143, stderr[-3000:]
-    assert "SIGTERM: saved checkpoint" in rest
+    assert "SIGTERM: saved checkpoint" in stdout
     assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
 
 

@@ -7,13 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.config import load_config
+from tests.trainer.helpers import start_sglang_engine
 from trainer.data import left_pad
-from trainer.loop import resolve_auto_values
-from trainer.model.load import build_model
-from trainer.model.tokenizer import ChatTokenizer
-from trainer.rollout.sglang_jax import SglangJaxBackend
-from trainer.runtime import start
 from trainer.sampling import SamplingSettings
 from trainer.train_step import completion_logps
 
@@ -22,18 +17,11 @@ LOGPROB_TOLERANCE = 1e-4  # float32 engine against float32 trainer, as in test_t
 
 @pytest.fixture(scope="module")
 def radix_engine(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, sets=[f"model_path={tiny_model_dir}", "rollout.backend=sglang_jax",
-                                     "rollout.batch_size=2", "rollout.num_pre_q=8", "rollout.global_length=48",
-                                     "rollout.max_length_sample=8", "train.micro_batch_size=16",
-                                     "rollout.sglang.disable_radix_cache=false",
-                                     f"out_dir={tmp_path_factory.mktemp('run')}"], environ={})
-    runtime = start(config)
-    config = resolve_auto_values(config, runtime, tiny_model_dir)
-    tokenizer = ChatTokenizer(tiny_model_dir)
-    model, host_params = build_model(tiny_model_dir, config.model, runtime.platform)
-    backend = SglangJaxBackend(config, model.config, runtime, tokenizer, tiny_model_dir)
-    yield backend, model, jax.tree.map(jnp.asarray, host_params), tokenizer
-    backend.shutdown()
+    engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=2",
+                                 "rollout.num_pre_q=8", "rollout.global_length=48", "rollout.max_length_sample=8",
+                                 "train.micro_batch_size=16", "rollout.sglang.disable_radix_cache=false")
+    yield engine
+    engine[0].shutdown()
 
 
 def test_a_push_drops_prefixes_cached_under_the_old_weights(radix_engine):
