@@ -63,8 +63,8 @@ def main() -> None:
     model_dir = Path(args.model_dir or bench_model_dir(hidden=512, layers=8))
     config = load_config(None, environ={}, sets=[
         f"model_path={model_dir}", "rollout.backend=sglang_jax", f"rollout.batch_size={args.rows}",
-        "rollout.num_pre_q=1", f"train.micro_batch_size={args.rows}", f"rollout.global_length={args.prompt_len}",
-        f"rollout.max_length_sample={args.new_tokens}", "out_dir=/tmp/rollout-bench"])
+        "rollout.group_size=1", f"train.micro_batch_size={args.rows}", f"rollout.prompt_length={args.prompt_len}",
+        f"rollout.max_new_tokens={args.new_tokens}", "out_dir=/tmp/rollout-bench"])
     runtime = start(config)
     config = resolve_auto_values(config, runtime, model_dir)
     tokenizer = ChatTokenizer(model_dir)

@@ -113,23 +113,23 @@ class SglangSection:
 class RolloutSection:
     backend: str = "jax"
     batch_size: int = 16  # prompts per step, over all processes
-    num_pre_q: int = 8  # samples per prompt (the GRPO group)
-    global_length: int = 32  # prompt bucket: prompts are left-padded to this many tokens
-    max_length_sample: int = 6  # new tokens per completion
-    prefill_buckets: list[int] = dataclasses.field(default_factory=list)  # jax sampler; empty: [global_length]
+    group_size: int = 8  # samples per prompt (the GRPO group)
+    prompt_length: int = 32  # prompt bucket: prompts are left-padded to this many tokens
+    max_new_tokens: int = 6  # new tokens per completion
+    prefill_buckets: list[int] = dataclasses.field(default_factory=list)  # jax sampler; empty: [prompt_length]
     temperature: float = 1.0
     top_k: int = -1  # -1: off
     top_p: float = 1.0
-    ignore_eos: bool = False  # stop tokens do not end a completion: exactly max_length_sample new tokens
+    ignore_eos: bool = False  # stop tokens do not end a completion: exactly max_new_tokens new tokens
     sglang: SglangSection = dataclasses.field(default_factory=SglangSection)
 
     def __post_init__(self):
         _one_of("rollout.backend", self.backend, BACKENDS)
-        for key in ("batch_size", "num_pre_q", "global_length", "max_length_sample"):
+        for key in ("batch_size", "group_size", "prompt_length", "max_new_tokens"):
             _positive_int(f"rollout.{key}", getattr(self, key))
         for bucket in self.prefill_buckets:
-            if not 0 < bucket <= self.global_length:
-                _fail("rollout.prefill_buckets", f"sizes in (0, rollout.global_length={self.global_length}]",
+            if not 0 < bucket <= self.prompt_length:
+                _fail("rollout.prefill_buckets", f"sizes in (0, rollout.prompt_length={self.prompt_length}]",
                       self.prefill_buckets)
         if self.temperature <= 0:
             _fail("rollout.temperature", "a positive number (greedy decoding is for evaluation)", self.temperature)
@@ -141,7 +141,7 @@ class RolloutSection:
 
 @dataclasses.dataclass
 class TrainSection:
-    loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean; dr_grpo: / (rows x max_length_sample)
+    loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean; dr_grpo: / (rows x max_new_tokens)
     beta: float = 0.0  # KL weight; > 0 keeps a frozen reference copy of the initial weights
     kl_estimator: str = "k3"  # k3's value with k2's gradient, or k2 (see trainer/losses.py)
     epsilon_low: float = 0.2
@@ -283,17 +283,17 @@ class TrainerConfig:
         _positive_int("distributed_timeout_s", self.distributed_timeout_s)
         _non_negative("num_cpu_devices", self.num_cpu_devices)
         parse_mesh_shape(self.mesh_shape)
-        rows = self.rollout.batch_size * self.rollout.num_pre_q
+        rows = self.rollout.batch_size * self.rollout.group_size
         if rows % self.train.micro_batch_size:
             _fail("train.micro_batch_size",
-                  f"a divisor of rollout.batch_size x rollout.num_pre_q = {rows}", self.train.micro_batch_size)
+                  f"a divisor of rollout.batch_size x rollout.group_size = {rows}", self.train.micro_batch_size)
         if self.data.source == "synthetic_arithmetic" and self.reward.correctness_mode == "boxed":
             _fail("reward.correctness_mode", "not boxed with data.source synthetic_arithmetic", "boxed")
 
     @property
     def rows(self) -> int:
         """Sequences per step over all processes: prompts x group size."""
-        return self.rollout.batch_size * self.rollout.num_pre_q
+        return self.rollout.batch_size * self.rollout.group_size
 
 
 def parse_mesh_shape(text: str) -> tuple[int, int, int]:
@@ -314,9 +314,9 @@ ENV_OVERRIDES = {
     "STEPS": "steps",
     "ROLLOUT_BACKEND": "rollout.backend",
     "BATCH_SIZE": "rollout.batch_size",
-    "NUM_PRE_Q": "rollout.num_pre_q",
-    "GLOBAL_LENGTH": "rollout.global_length",
-    "MAX_LENGTH_SAMPLE": "rollout.max_length_sample",
+    "NUM_PRE_Q": "rollout.group_size",
+    "GLOBAL_LENGTH": "rollout.prompt_length",
+    "MAX_LENGTH_SAMPLE": "rollout.max_new_tokens",
     "BETA": "train.beta",
     "MICRO_BATCH_SIZE": "train.micro_batch_size",
     "MESH_SHAPE": "mesh_shape",
@@ -336,6 +336,14 @@ ENV_OVERRIDES = {
     "SGLANG_JAX_MAX_RUNNING_REQUESTS": "rollout.sglang.max_running_requests",
     "SGLANG_JAX_CHUNKED_PREFILL_SIZE": "rollout.sglang.chunked_prefill_size",
     "SGLANG_JAX_PRECOMPILE": "rollout.sglang.precompile",
+}
+
+
+# Keys renamed for one name per concept; the upstream environment variables above still reach them.
+RENAMED_KEYS = {
+    "rollout.num_pre_q": "rollout.group_size",
+    "rollout.global_length": "rollout.prompt_length",
+    "rollout.max_length_sample": "rollout.max_new_tokens",
 }
 
 
@@ -443,6 +451,8 @@ def build(cls: type, tree: Any, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in tree:
+        if f"{prefix}{key}" in RENAMED_KEYS:
+            _fail(f"{prefix}{key}", f"its new name {RENAMED_KEYS[prefix + key]}", f"{prefix}{key}")
         if key not in fields:
             where = f"under {prefix.rstrip('.')}" if prefix else "at the top level"
             _fail(f"{prefix}{key}", f"a known key {where} (one of {', '.join(sorted(fields))})", key)

@@ -96,7 +96,7 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarra
     mask = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
         if len(row) > length:
-            raise ValueError(f"prompt of {len(row)} tokens does not fit rollout.global_length={length}")
+            raise ValueError(f"prompt of {len(row)} tokens does not fit rollout.prompt_length={length}")
         if row:
             ids[i, -len(row):] = row
             mask[i, -len(row):] = 1

@@ -133,14 +133,14 @@ class GRPOLoop:
         self.warn_if_updates_round_away()
         self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
                                    self.position.data_position)
-        self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
+        self.sampling = SamplingSettings(config.rollout.max_new_tokens, config.rollout.temperature,
                                          config.rollout.top_k, config.rollout.top_p, config.rollout.ignore_eos)
         # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
         # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
         self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
         self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)
         self.train_step = make_train_step(
-            self.model, self.optimizer, loss_settings(config.train, config.rollout.max_length_sample),
+            self.model, self.optimizer, loss_settings(config.train, config.rollout.max_new_tokens),
             config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
             self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
@@ -175,14 +175,15 @@ class GRPOLoop:
         # saves the position this step started from, all three consistent.
         start = time.perf_counter()
         next_key, step_key = jax.random.split(self.position.rng_key)
-        problems = self.my_rows(self.stream.next_batch(self.config.rollout.batch_size))
+        problems = self.problems_of_this_process(self.stream.next_batch(self.config.rollout.batch_size))
         prompt_ids, prompt_mask = self.encode(problems)
         rollout = self.backend.generate(prompt_ids, prompt_mask, self.sampling, seed=_seed_from(step_key))
         rollout_s = time.perf_counter() - start
         self.exit_if_stopped(stop)  # before the update: the saved state is the one this step started from
         scores, rewards_N = self.score(rollout, problems)
-        advantages = group_advantages(rewards_N, self.config.rollout.num_pre_q, self.config.train.scale_rewards)
-        host_batch = self.host_batch(prompt_ids, prompt_mask, rollout, advantages[self.my_slice()], rewards_N)
+        advantages = group_advantages(rewards_N, self.config.rollout.group_size, self.config.train.scale_rewards)
+        this_process = self.runtime.this_process_rows(self.config.rows)
+        host_batch = self.host_batch(prompt_ids, prompt_mask, rollout, advantages[this_process], rewards_N)
         update_start = time.perf_counter()
         train_metrics, mismatch = self.update(host_batch, rollout)
         update_s = time.perf_counter() - update_start
@@ -198,18 +199,15 @@ class GRPOLoop:
 
     # --- the chapters ------------------------------------------------------------------------------
 
-    def my_slice(self) -> slice:
-        local = self.config.rows // self.runtime.process_count
-        return slice(self.runtime.process_index * local, (self.runtime.process_index + 1) * local)
-
-    def my_rows(self, problems: list) -> list:
-        """This process's rows: each prompt repeated num_pre_q times, then split by process index."""
-        rows = [p for p in problems for _ in range(self.config.rollout.num_pre_q)]
-        return rows[self.my_slice()]
+    def problems_of_this_process(self, prompts: list) -> list:
+        """The problem of each of this process's rows: every prompt repeated group_size times, then this
+        process's block."""
+        rows = [p for p in prompts for _ in range(self.config.rollout.group_size)]
+        return rows[self.runtime.this_process_rows(self.config.rows)]
 
     def encode(self, problems: list) -> tuple[np.ndarray, np.ndarray]:
         rows = [self.tokenizer.prompt_ids(p.question, self.config.data.system_prompt) for p in problems]
-        return left_pad(rows, self.config.rollout.global_length, self.tokenizer.pad_id)
+        return left_pad(rows, self.config.rollout.prompt_length, self.tokenizer.pad_id)
 
     def score(self, rollout: RolloutOutput, problems: list):
         """Rewards of this process's rows, then every process's rewards gathered (group-major order)."""
@@ -221,12 +219,12 @@ class GRPOLoop:
     def host_batch(self, prompt_ids, prompt_mask, rollout: RolloutOutput, advantages_N, rewards_N) -> dict:
         loss_mask = rollout.completion_mask_NxC.astype(np.float32)
         if self.config.train.dynamic_sampling:
-            keep = informative_rows(rewards_N, self.config.rollout.num_pre_q)[self.my_slice()]
-            loss_mask *= keep[:, None]
+            keep = informative_rows(rewards_N, self.config.rollout.group_size)
+            loss_mask *= keep[self.runtime.this_process_rows(self.config.rows), None]
         if self.config.train.mask_truncated_completions:
             loss_mask *= (~self.truncated(rollout))[:, None]
         zeros = np.zeros_like(loss_mask)
-        rollout_logps = rollout.logprobs_NxC if rollout.logprobs_NxC is not None else zeros
+        rollout_logps = rollout.logps_NxC if rollout.logps_NxC is not None else zeros
         return {"prompt_ids_NxP": prompt_ids, "prompt_mask_NxP": prompt_mask,
                 "completion_ids_NxC": rollout.completion_ids_NxC,
                 "completion_mask_NxC": rollout.completion_mask_NxC.astype(np.float32), "loss_mask_NxC": loss_mask,
@@ -236,7 +234,7 @@ class GRPOLoop:
     def truncated(self, rollout: RolloutOutput) -> np.ndarray:
         """Rows that used every new token without producing a stop token."""
         last = rollout.completion_ids_NxC[:, -1]
-        return (rollout.lengths_N == self.config.rollout.max_length_sample) & ~np.isin(last, self.tokenizer.stop_ids)
+        return (rollout.lengths_N == self.config.rollout.max_new_tokens) & ~np.isin(last, self.tokenizer.stop_ids)
 
     def update(self, host: dict, rollout: RolloutOutput):
         """Old / reference log-probs where needed, then num_iterations optimizer steps on one batch."""
@@ -250,7 +248,7 @@ class GRPOLoop:
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)
             first = metrics if first is None else first
-        mismatch = self.logprob_mismatch(first) if rollout.logprobs_NxC is not None else None
+        mismatch = self.logprob_mismatch(first) if rollout.logps_NxC is not None else None
         return jax.device_get(metrics), mismatch
 
     @staticmethod
@@ -264,7 +262,7 @@ class GRPOLoop:
     def report(self, step, train_metrics, scores, rewards_N, rollout: RolloutOutput, mismatch, dt) -> dict:
         lengths = sharding.gather_to_all(rollout.lengths_N)
         truncated = sharding.gather_to_all(self.truncated(rollout))
-        group_std = rewards_N.reshape(-1, self.config.rollout.num_pre_q).std(axis=1)
+        group_std = rewards_N.reshape(-1, self.config.rollout.group_size).std(axis=1)
         metrics = {
             "loss": float(train_metrics["loss"]), "entropy": float(train_metrics["entropy"]),
             "grad_norm": float(train_metrics["grad_norm"]),
@@ -291,11 +289,7 @@ class GRPOLoop:
         every = self.config.eval.every_steps
         if not every or (step + 1) % every:
             return
-        c = self.config
-        result = evaluate(self.backend, self.tokenizer, self.eval_problems, rows=c.rows, batches=c.eval.batches,
-                          prompt_length=c.rollout.global_length, max_new_tokens=c.rollout.max_length_sample,
-                          system_prompt=c.data.system_prompt, correctness_mode=c.reward.correctness_mode,
-                          process_index=self.runtime.process_index, process_count=self.runtime.process_count)
+        result = evaluate(self.backend, self.tokenizer, self.eval_problems, self.config, self.runtime)
         self.out(f"eval step={step} pass@1={result['eval/pass@1']:.4f} problems={int(result['eval/num_problems'])}")
         metrics |= result
 
@@ -341,9 +335,9 @@ class GRPOLoop:
         problems, dropped = fitting_problems(
             load_problems(self.config, split),
             lambda q: self.tokenizer.prompt_ids(q, self.config.data.system_prompt),
-            self.config.rollout.global_length)
+            self.config.rollout.prompt_length)
         if dropped:
-            self.out(f"data: dropped {dropped} {split} problems longer than rollout.global_length")
+            self.out(f"data: dropped {dropped} {split} problems longer than rollout.prompt_length")
         return problems
 
 

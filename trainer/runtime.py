@@ -37,6 +37,12 @@ class Runtime:
     def is_main(self) -> bool:
         return self.process_index == 0
 
+    def this_process_rows(self, total_rows: int) -> slice:
+        """This process's block of rows that all processes generate, score and train on together: blocks are
+        contiguous and in process order, as `sharding.global_rows` assembles them."""
+        per_process = total_rows // self.process_count
+        return slice(self.process_index * per_process, (self.process_index + 1) * per_process)
+
 
 def _env_int(name: str, environ) -> int:
     try:
@@ -87,5 +93,5 @@ def check_rows_fit_devices(config: TrainerConfig, mesh: Mesh) -> None:
                           f"devices (dp x fsdp of mesh_shape {config.mesh_shape}), "
                           f"received {config.train.micro_batch_size}")
     if config.rows % jax.process_count():
-        raise ConfigError(f"rollout.batch_size: expected batch_size x num_pre_q ({config.rows}) to divide "
+        raise ConfigError(f"rollout.batch_size: expected batch_size x group_size ({config.rows}) to divide "
                           f"over {jax.process_count()} processes, received {config.rollout.batch_size}")

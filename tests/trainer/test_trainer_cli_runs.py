@@ -54,7 +54,7 @@ def test_smoke_preset_on_cpu_with_a_local_model_and_data(tmp_path, tiny_model_di
                           "--set", f"out_dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m.group(1) for m in step_lines(result.stdout)] == ["0"]
-    assert "  global_length: 512\n  max_length_sample: 64\n" in result.stdout
+    assert "  prompt_length: 512\n  max_new_tokens: 64\n" in result.stdout
     # Memory allows here: float32 master weights, so Lion's updates at 1e-6 are kept and nothing warns.
     assert "\nmodel:\n  dtype: float32\n  param_dtype: float32\n" in result.stdout
     assert "warning:" not in result.stdout + result.stderr

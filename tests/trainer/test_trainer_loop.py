@@ -44,8 +44,8 @@ def test_scripted_rollouts_give_the_hand_computed_step_lines_and_wandb_rows(tmp_
                                                                               tiny_model_dir):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "train.loss_type=grpo", "steps=3",
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=24", "rollout.batch_size=4",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "train.loss_type=grpo", "steps=3",
                      "wandb.mode=offline",
                      "wandb.name=unit", "eval.every_steps=3", "eval.batches=2")
     lines, backends = [], []
@@ -84,8 +84,8 @@ def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(t
         return texts[-1]
 
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", f"train.loss_type={loss_type}")
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=24", "rollout.batch_size=4",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "steps=1", f"train.loss_type={loss_type}")
     lines = []
     train(config, start(config), _mock_factory(recording, backends), out=lines.append)
     lengths = np.array([min(len(backends[0].tokenizer.encode(text)) + 1, 24) for text in texts])  # + stop token
@@ -111,7 +111,7 @@ def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(t
 ])
 def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, tiny_model_dir, sets, warning):
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "rollout.batch_size=2",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", *sets)
+                     "rollout.group_size=4", "train.micro_batch_size=8", *sets)
     lines = []
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
     assert [line for line in lines if line.startswith("warning:")] == ([warning] if warning else [])
@@ -146,7 +146,7 @@ def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(wandb, "init", refuse)
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=online",
-                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8")
+                     "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8")
     lines = []
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
     assert sum(line.startswith("step=0 ") for line in lines) == 1
@@ -156,7 +156,7 @@ def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, ca
 def test_dynamic_sampling_and_kl_show_in_metrics(tmp_path, monkeypatch, gsm8k_dir, tiny_model_dir):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=offline",
-                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8",
+                     "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
                      "train.dynamic_sampling=true", "train.beta=0.1", "train.num_iterations=2")
     # Every row of every group answers the same: all groups are uninformative and drop out of the loss.
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lambda line: None)
@@ -199,8 +199,8 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
     monkeypatch.setattr(loop_module, "make_logps_fn", _shifted_logps_fn(calls))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=8", "rollout.batch_size=2",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=8", "rollout.batch_size=2",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
     train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), []), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
     assert len(calls) == separate_forwards
@@ -216,7 +216,7 @@ def _rollout_logps_off_by(offset: float):
     def off_by(generate):
         def shifted(*args, **kwargs):
             out = generate(*args, **kwargs)
-            out.logprobs_NxC = out.logprobs_NxC + offset * out.completion_mask_NxC
+            out.logps_NxC = out.logps_NxC + offset * out.completion_mask_NxC
             return out
 
         return shifted
@@ -227,7 +227,7 @@ def _rollout_logps_off_by(offset: float):
 @pytest.mark.parametrize("offset, sets", [(0.0, []), (0.25, []), (0.25, ["train.num_iterations=2"])])
 def test_the_rollout_trainer_log_prob_mismatch_is_logged(tmp_path, monkeypatch, offset, sets):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
-    config = _config(tmp_path, "steps=2", "wandb.mode=offline", "rollout.batch_size=2", "rollout.num_pre_q=4",
+    config = _config(tmp_path, "steps=2", "wandb.mode=offline", "rollout.batch_size=2", "rollout.group_size=4",
                      "train.micro_batch_size=8", *sets)
     train(config, start(config), _rollout_logps_off_by(offset), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")

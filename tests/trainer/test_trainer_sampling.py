@@ -115,7 +115,7 @@ def test_prefill_bucket_gives_the_same_completions(tiny):
         outputs.append(backend.generate(np.asarray(ids[short]), np.asarray(mask[short]), settings, seed=0))
     assert backend.bucket_for(3) == 4
     np.testing.assert_array_equal(outputs[0].completion_ids_NxC, outputs[1].completion_ids_NxC)
-    np.testing.assert_allclose(outputs[0].logprobs_NxC, outputs[1].logprobs_NxC, atol=1e-5)
+    np.testing.assert_allclose(outputs[0].logps_NxC, outputs[1].logps_NxC, atol=1e-5)
 
 
 def test_ignore_eos_generates_every_token_through_the_stop_token(tiny):
@@ -127,7 +127,7 @@ def test_ignore_eos_generates_every_token_through_the_stop_token(tiny):
     settings = SamplingSettings(max_new_tokens=8, temperature=1.0, ignore_eos=True)
     out = backend.generate(np.asarray(ids), np.asarray(mask), settings, seed=4)
     np.testing.assert_array_equal(out.completion_ids_NxC, free_ids)  # the same draws, none cut short
-    np.testing.assert_allclose(out.logprobs_NxC, free_logps, atol=1e-6)
+    np.testing.assert_allclose(out.logps_NxC, free_logps, atol=1e-6)
     assert out.completion_mask_NxC.all()
     stopped = backend.generate(np.asarray(ids), np.asarray(mask), dataclasses.replace(settings, ignore_eos=False),
                                seed=4)

@@ -46,7 +46,7 @@ FAVOURED, GAP = 123, 6.4
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
     engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=8",
-                                 "rollout.num_pre_q=8", "rollout.global_length=48", "rollout.max_length_sample=8")
+                                 "rollout.group_size=8", "rollout.prompt_length=48", "rollout.max_new_tokens=8")
     yield engine
     engine[0].shutdown()
 
@@ -98,8 +98,8 @@ def test_crafted_weights_make_one_token_the_argmax_with_the_analytic_logprob(eng
     assert (out.completion_ids_NxC == FAVOURED).all() and out.completion_mask_NxC.all()
     first, _ = _analytic_logps(model.config, low, low, high)  # the input is the last prompt token
     later, _ = _analytic_logps(model.config, high, low, high)  # the input is the favoured token itself
-    np.testing.assert_allclose(out.logprobs_NxC[:, 0], first, atol=LOGPROB_TOLERANCE)
-    np.testing.assert_allclose(out.logprobs_NxC[:, 1:], later, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[:, 0], first, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[:, 1:], later, atol=LOGPROB_TOLERANCE)
     assert first == pytest.approx(-math.log(1 + 511 * math.exp(-GAP)), abs=1e-3)  # -0.615 as in the notes
 
 
@@ -114,8 +114,8 @@ def test_sampling_after_a_crafted_push_follows_the_analytic_distribution(engine)
     assert valid.sum() > 400 and abs(picked.sum() / valid.sum() - math.exp(log_favoured)) < 0.07
     # Whatever came before, every favoured draw has the favoured log-prob and every other draw the other
     # one (the RMS norm makes the input scale irrelevant up to eps).
-    np.testing.assert_allclose(out.logprobs_NxC[picked], log_favoured, atol=LOGPROB_TOLERANCE)
-    np.testing.assert_allclose(out.logprobs_NxC[valid & ~picked], log_other, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[picked], log_favoured, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[valid & ~picked], log_other, atol=LOGPROB_TOLERANCE)
 
 
 def test_stop_token_ends_the_completion_and_stays_in_the_mask(engine):
@@ -145,12 +145,12 @@ def test_engine_logprobs_match_the_trainer_after_a_normal_push(engine):
     trainer_logps, _ = completion_logps(model, nudged, jnp.asarray(ids), jnp.asarray(mask),
                                         jnp.asarray(out.completion_ids_NxC), 0.8)
     valid = out.completion_mask_NxC.astype(bool)
-    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logprobs_NxC[valid])
+    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logps_NxC[valid])
     print(f"engine vs trainer log-prob: max |diff| {diff.max():.2e} over {valid.sum()} tokens")
     assert valid.sum() > 64 and diff.max() < LOGPROB_TOLERANCE
     original, _ = completion_logps(model, params, jnp.asarray(ids), jnp.asarray(mask),
                                    jnp.asarray(out.completion_ids_NxC), 0.8)
-    assert np.abs(np.asarray(original)[valid] - out.logprobs_NxC[valid]).max() > 100 * LOGPROB_TOLERANCE
+    assert np.abs(np.asarray(original)[valid] - out.logps_NxC[valid]).max() > 100 * LOGPROB_TOLERANCE
 
 
 def test_an_idle_engine_does_not_spin_a_core(engine):
@@ -190,8 +190,8 @@ def _tiny_config(tiny_model_dir, *sets):
 
 
 def test_engine_sizes_come_from_the_run(tiny_model_dir):
-    config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8",
-                          "rollout.global_length=100", "rollout.max_length_sample=28")
+    config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
+                          "rollout.prompt_length=100", "rollout.max_new_tokens=28")
     engine = resolve_engine_section(dataclasses.replace(config, model=dataclasses.replace(config.model,
                                                                                           dtype="float32")),
                                     Qwen2Config.from_dir(tiny_model_dir), CPU)
@@ -266,7 +266,7 @@ def test_an_exception_in_the_loop_still_shuts_the_engine_down(tmp_path, tiny_mod
     from trainer.loop import train
 
     config = _tiny_config(tiny_model_dir, "steps=3", f"out_dir={tmp_path / 'run'}", "rollout.batch_size=2",
-                          "rollout.num_pre_q=4", "train.micro_batch_size=8")
+                          "rollout.group_size=4", "train.micro_batch_size=8")
     backends = []
 
     def failing_on_call_2(generate):
@@ -348,7 +348,7 @@ def test_the_hosts_of_a_pod_draw_different_completions_of_one_prompt(tmp_path, t
     host 1. Engines seeded alike would draw the same two completions on both hosts and halve the group."""
     out_dir = tmp_path / "run"
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=2",
-            "--set", "rollout.batch_size=1", "--set", "rollout.num_pre_q=4", "--set", "train.micro_batch_size=4",
+            "--set", "rollout.batch_size=1", "--set", "rollout.group_size=4", "--set", "train.micro_batch_size=4",
             "--set", f"out_dir={out_dir}", "--set", "distributed_timeout_s=60"]
     outputs = run_pod(args, cwd=tmp_path, program=(str(Path(__file__).parent / "pod_rollouts.py"),))
     for code, _, stderr in outputs:

@@ -18,7 +18,7 @@ LOGPROB_TOLERANCE = 1e-4  # float32 engine against float32 trainer, as in test_t
 @pytest.fixture(scope="module")
 def radix_engine(tiny_model_dir, tmp_path_factory):
     engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=2",
-                                 "rollout.num_pre_q=8", "rollout.global_length=48", "rollout.max_length_sample=8",
+                                 "rollout.group_size=8", "rollout.prompt_length=48", "rollout.max_new_tokens=8",
                                  "train.micro_batch_size=16", "rollout.sglang.disable_radix_cache=false")
     yield engine
     engine[0].shutdown()
@@ -37,5 +37,5 @@ def test_a_push_drops_prefixes_cached_under_the_old_weights(radix_engine):
     trainer_logps, _ = completion_logps(model, nudged, jnp.asarray(ids), jnp.asarray(mask),
                                         jnp.asarray(out.completion_ids_NxC), 1.0)
     valid = out.completion_mask_NxC.astype(bool)
-    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logprobs_NxC[valid])
+    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logps_NxC[valid])
     assert valid.sum() > 64 and diff.max() < LOGPROB_TOLERANCE, f"max |diff| {diff.max():.2e}"

@@ -22,4 +22,4 @@ def make_backend(config: TrainerConfig, model: Qwen2ForCausalLM, runtime: Runtim
     from trainer.rollout.jax_sampler import JaxSamplerBackend
 
     return JaxSamplerBackend(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id,
-                             config.rollout.prefill_buckets or [config.rollout.global_length])
+                             config.rollout.prefill_buckets or [config.rollout.prompt_length])

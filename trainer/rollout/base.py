@@ -16,7 +16,7 @@ class RolloutOutput:
 
     completion_ids_NxC: np.ndarray  # int32, pad after the stop token
     completion_mask_NxC: np.ndarray  # int32, 1 on generated tokens (stop token included)
-    logprobs_NxC: np.ndarray | None  # float32 log-probs from the backend (0 where masked), if it has them
+    logps_NxC: np.ndarray | None  # float32 log-probs from the backend (0 where masked), if it has them
 
     @property
     def lengths_N(self) -> np.ndarray:

@@ -78,11 +78,11 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
     s, rollout = config.rollout.sglang, config.rollout
     rows = config.rows // runtime.process_count
     # The engine rejects a request whose prompt + max_new_tokens reaches context_length.
-    needed_context = rollout.global_length + rollout.max_length_sample + 1
+    needed_context = rollout.prompt_length + rollout.max_new_tokens + 1
     context = s.context_length or needed_context
     if context < needed_context:
-        raise ConfigError(f"rollout.sglang.context_length: expected at least rollout.global_length + "
-                          f"rollout.max_length_sample + 1 = {needed_context}, received {context}")
+        raise ConfigError(f"rollout.sglang.context_length: expected at least rollout.prompt_length + "
+                          f"rollout.max_new_tokens + 1 = {needed_context}, received {context}")
     running = s.max_running_requests or max(rows, 2)
     if running < 2:
         raise ConfigError(f"rollout.sglang.max_running_requests: expected at least 2 (sglang-jax "
@@ -113,7 +113,7 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
         kv_cache_dtype=kv_dtype, tp_size=tp,
         # The pool is capped by max_total_tokens; the fraction only has to leave that much room.
         mem_fraction_static=s.mem_fraction_static or 0.9,
-        chunked_prefill_size=s.chunked_prefill_size or min(rows * rollout.global_length, _MAX_CHUNKED_PREFILL),
+        chunked_prefill_size=s.chunked_prefill_size or min(rows * rollout.prompt_length, _MAX_CHUNKED_PREFILL),
         attention_backend=("native" if runtime.platform == "cpu" else "fa") if s.attention_backend == "auto"
         else s.attention_backend,
         precompile_bs_paddings=s.precompile_bs_paddings or _powers_of_two_from_2(running))
