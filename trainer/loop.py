@@ -148,9 +148,9 @@ class GRPOLoop:
     # --- the story ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        logger = WandbLogger(self.config.wandb, dataclasses.asdict(self.config), self.config.out_dir,
+        logger = WandbLogger(self.config.wandb, self.config.model_dump(), self.config.out_dir,
                              self.runtime.is_main)
-        metrics_log = MetricsLog.start(self.config.out_dir, dataclasses.asdict(self.config), self.position.step,
+        metrics_log = MetricsLog.start(self.config.out_dir, self.config.model_dump(), self.position.step,
                                        self.runtime.is_main)
         with contextlib.ExitStack() as stack:
             stack.callback(self.checkpointer.close)
@@ -349,15 +349,15 @@ def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path
                         out: Callable[[str], None] = print_flushed) -> TrainerConfig:
     """The config with `auto` / 0 values replaced by what this run will use, as the log should show."""
     dtype = jnp.dtype(compute_dtype(config.model.dtype, runtime.platform)).name
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
+    config = config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype})})
     if config.model.param_dtype == "auto":
         param_dtype = resolve_param_dtype(config, Qwen2Config.from_dir(model_dir), runtime, out)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, param_dtype=param_dtype))
+        config = config.model_copy(update={"model": config.model.model_copy(update={"param_dtype": param_dtype})})
     if config.rollout.backend == "sglang_jax":
         from trainer.rollout.sglang_jax import resolve_engine_section
 
         engine = resolve_engine_section(config, Qwen2Config.from_dir(model_dir), runtime)
-        config = dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, sglang=engine))
+        config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"sglang": engine})})
     return config
 
 

@@ -22,8 +22,6 @@ completion lengths, as the SOP's expected step line shows (upstream's token-leve
 
 from __future__ import annotations
 
-from trainer.config import ConfigError
-
 GSM8K_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think about the reasoning process and then give the answer. "
     "Enclose the reasoning in <think> </think> tags and the final number in <answer> </answer> tags, "
@@ -65,9 +63,3 @@ PRESETS: dict[str, dict] = {
         "wandb": {"mode": "online"},
     },
 }
-
-
-def preset_overrides(name: str) -> dict:
-    if name not in PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)}, received {name!r}")
-    return PRESETS[name]

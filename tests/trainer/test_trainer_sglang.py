@@ -191,10 +191,8 @@ def _tiny_config(tiny_model_dir, *sets):
 
 def test_engine_sizes_come_from_the_run(tiny_model_dir):
     config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
-                          "rollout.prompt_length=100", "rollout.max_new_tokens=28")
-    engine = resolve_engine_section(dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                                          dtype="float32")),
-                                    Qwen2Config.from_dir(tiny_model_dir), CPU)
+                          "rollout.prompt_length=100", "rollout.max_new_tokens=28", "model.dtype=float32")
+    engine = resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
     assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (129, 8, 8 * 130)
     assert (engine.dtype, engine.kv_cache_dtype, engine.tp_size, engine.attention_backend) == (
         "float32", "float32", 1, "native")
@@ -209,8 +207,7 @@ def test_engine_sizes_come_from_the_run(tiny_model_dir):
     ("rollout.sglang.max_total_tokens=4000000000", "rollout.sglang.max_total_tokens: expected a KV pool that fits"),
 ])
 def test_impossible_engine_sizes_fail_before_the_engine_starts(tiny_model_dir, assignment, message):
-    config = _tiny_config(tiny_model_dir, assignment)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
+    config = _tiny_config(tiny_model_dir, assignment, "model.dtype=float32")
     with pytest.raises(ConfigError) as error:
         resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
     assert str(error.value).startswith(message)
@@ -218,8 +215,7 @@ def test_impossible_engine_sizes_fail_before_the_engine_starts(tiny_model_dir, a
 
 def test_an_engine_smaller_than_its_host_is_refused_on_a_pod(tiny_model_dir):
     """On a pod the push lays the weights out over all of a host's devices, so the engine must use them all."""
-    config = _tiny_config(tiny_model_dir, "rollout.sglang.tp_size=2")
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
+    config = _tiny_config(tiny_model_dir, "rollout.sglang.tp_size=2", "model.dtype=float32")
     second_host_of_two = dataclasses.replace(CPU, process_index=1, process_count=2)
     with pytest.raises(ConfigError) as error:
         resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), second_host_of_two)

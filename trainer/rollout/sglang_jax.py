@@ -108,15 +108,15 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
     if pool_bytes > free:
         raise ConfigError(f"rollout.sglang.max_total_tokens: expected a KV pool that fits the {free / 2**30:.2f} "
                           f"GiB free per device ({total} tokens need {pool_bytes / 2**30:.2f} GiB), received {total}")
-    return dataclasses.replace(
-        s, context_length=context, max_running_requests=running, max_total_tokens=total, dtype=dtype,
+    return s.model_copy(update=dict(
+        context_length=context, max_running_requests=running, max_total_tokens=total, dtype=dtype,
         kv_cache_dtype=kv_dtype, tp_size=tp,
         # The pool is capped by max_total_tokens; the fraction only has to leave that much room.
         mem_fraction_static=s.mem_fraction_static or 0.9,
         chunked_prefill_size=s.chunked_prefill_size or min(rows * rollout.prompt_length, _MAX_CHUNKED_PREFILL),
         attention_backend=("native" if runtime.platform == "cpu" else "fa") if s.attention_backend == "auto"
         else s.attention_backend,
-        precompile_bs_paddings=s.precompile_bs_paddings or _powers_of_two_from_2(running))
+        precompile_bs_paddings=s.precompile_bs_paddings or _powers_of_two_from_2(running)))
 
 
 def engine_kwargs(config: TrainerConfig, runtime: Runtime, model_dir: Path) -> dict:
