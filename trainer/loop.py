@@ -354,10 +354,9 @@ def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path
         param_dtype = resolve_param_dtype(config, Qwen2Config.from_dir(model_dir), runtime, out)
         config = config.model_copy(update={"model": config.model.model_copy(update={"param_dtype": param_dtype})})
     if config.rollout.backend == "sglang_jax":
-        from trainer.rollout.sglang_jax import resolve_engine_section
+        from trainer.rollout.sglang_jax.settings import resolve_settings
 
-        engine = resolve_engine_section(config, Qwen2Config.from_dir(model_dir), runtime)
-        config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"sglang": engine})})
+        config = resolve_settings(config, Qwen2Config.from_dir(model_dir), runtime)
     return config
 
 
@@ -365,9 +364,9 @@ def resolve_param_dtype(config: TrainerConfig, model: Qwen2Config, runtime: Runt
     """float32 master weights where they fit beside the engine's weights, else bfloat16 (and say why)."""
     engine_bytes = 0
     if config.rollout.backend == "sglang_jax":
-        engine_dtype = config.model.dtype if config.rollout.sglang.dtype == "auto" else config.rollout.sglang.dtype
-        engine_devices = config.rollout.sglang.tp_size or jax.local_device_count()
-        engine_bytes = model.num_params() * jnp.dtype(engine_dtype).itemsize // engine_devices
+        from trainer.rollout.sglang_jax.settings import engine_weight_bytes
+
+        engine_bytes = engine_weight_bytes(config, model)
     shards = runtime.mesh.shape["fsdp"] * runtime.mesh.shape["tp"]
     device_bytes = device_memory_bytes(runtime.platform)
     dtype, needed = master_weights_dtype(model.num_params(), 1 if config.optim.name == "lion" else 2, shards,

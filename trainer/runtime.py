@@ -86,6 +86,17 @@ def device_memory_bytes(platform: str) -> int:
     return int(stats.get("bytes_limit", 0))
 
 
+def free_device_bytes(platform: str) -> int:
+    """What one local device has free now: its limit less what is in use on an accelerator; on CPU, the
+    host's available memory."""
+    if platform == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0))
+
+
 def check_rows_fit_devices(config: TrainerConfig, mesh: Mesh) -> None:
     data_parallel = sharding.data_parallel_size(mesh)
     if config.train.micro_batch_size % data_parallel:

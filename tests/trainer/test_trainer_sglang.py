@@ -25,13 +25,11 @@ from tests.trainer.helpers import (
 from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
 from trainer.model.qwen2 import Qwen2Config
-from trainer.rollout.sglang_jax import (
-    HeadLayout,
-    SglangJaxBackend,
-    match_heads,
-    memory_check_indexes,
-    resolve_engine_section,
-)
+from trainer.model.weights import load_params
+from trainer.rollout.sglang_jax import SglangJaxBackend
+from trainer.rollout.sglang_jax.patches_0_1_0rc0 import memory_check_indexes
+from trainer.rollout.sglang_jax.settings import resolve_engine_section
+from trainer.rollout.sglang_jax.weights import HeadLayout, engine_tensors, leaves_to_replace, match_heads
 from trainer.runtime import Runtime, start
 from trainer.sampling import SamplingSettings
 from trainer.testing import perf
@@ -253,6 +251,27 @@ def test_match_heads_pads_head_dim_and_repeats_kv_heads():
     padded = match_heads(o_proj, 0, ours, engine, "q")
     np.testing.assert_array_equal(padded, [[0, 1], [2, 3], [0, 0], [0, 0], [4, 5], [6, 7], [0, 0], [0, 0]])
     assert match_heads(kernel, -1, ours, ours, "kv") is kernel
+
+
+def test_every_engine_tensor_finds_its_leaf_in_a_state_laid_out_like_the_engines(untied_sharded_model_dir):
+    """The mapping without an engine: a state tree with the engine's paths, each tensor an nnx Param's
+    `value`, beside a leaf the push must leave alone."""
+    config = Qwen2Config.from_dir(untied_sharded_model_dir)
+    layout = HeadLayout(config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+    tensors = engine_tensors(load_params(untied_sharded_model_dir, config, np.float32), config, layout, layout)
+    assert len(tensors) == 3 + 12 * config.num_hidden_layers and "lm_head/embedding" in tensors
+    state = {"model": {"rotary_emb": {"cos_sin_cache": {"value": np.zeros(4)}}}}
+    for path, value in tensors.items():
+        node = state
+        for part in path.split("/"):
+            node = node.setdefault(part, {})
+        node["value"] = value
+    leaves = jax.tree.leaves(state)
+    targets = leaves_to_replace(state, tensors)
+    assert sorted(path for _, path in targets) == sorted(tensors)
+    assert all(leaves[index] is tensors[path] for index, path in targets)
+    with pytest.raises(RuntimeError, match=f"weight push: {len(tensors)} of {len(tensors) + 1} tensors found"):
+        leaves_to_replace(state, tensors | {"model/layers/0/mlp/missing/weight": np.zeros(1)})
 
 
 # --- whole runs ----------------------------------------------------------------------------------------
