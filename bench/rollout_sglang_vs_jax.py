@@ -25,9 +25,9 @@ from trainer.loop import resolve_auto_values
 from trainer.model.load import build_model
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.jax_sampler import JaxSamplerBackend
+from trainer.rollout.sampling import SamplingSettings
 from trainer.rollout.sglang_jax import SglangJaxBackend
 from trainer.runtime import start
-from trainer.sampling import SamplingSettings
 from trainer.sharding import put_tree, tree_shardings
 
 sys.path.insert(0, str(Path(__file__).parent))

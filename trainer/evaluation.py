@@ -10,8 +10,8 @@ from trainer.data import Problem, left_pad
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rewards import correctness_reward
 from trainer.rollout.base import RolloutBackend
+from trainer.rollout.sampling import SamplingSettings
 from trainer.runtime import Runtime
-from trainer.sampling import SamplingSettings
 
 
 def evaluate(backend: RolloutBackend, tokenizer: ChatTokenizer, problems: list[Problem], config: TrainerConfig,

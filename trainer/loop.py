@@ -55,8 +55,8 @@ from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rewards import score_completions
 from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
+from trainer.rollout.sampling import SamplingSettings
 from trainer.runtime import Runtime, device_memory_bytes
-from trainer.sampling import SamplingSettings
 from trainer.train_step import (
     batch_from_host,
     init_state,

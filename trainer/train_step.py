@@ -19,8 +19,7 @@ from jax.sharding import Mesh
 from trainer import sharding
 from trainer.config import OptimSection
 from trainer.losses import LossSettings, per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import Qwen2ForCausalLM
-from trainer.sampling import prompt_positions
+from trainer.model.qwen2 import Qwen2ForCausalLM, prompt_positions
 
 
 @flax.struct.dataclass

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from trainer.data import left_pad
-from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM, prompt_positions
 from trainer.model.weights import load_params
 from trainer.rollout.jax_sampler import JaxSamplerBackend
-from trainer.sampling import SamplingSettings, generate, prompt_positions, sample_next, truncate_logits
+from trainer.rollout.sampling import SamplingSettings, generate, sample_next, truncate_logits
 from trainer.sharding import make_mesh
 from trainer.train_step import completion_logps
 

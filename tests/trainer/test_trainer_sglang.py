@@ -26,12 +26,12 @@ from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.weights import load_params
+from trainer.rollout.sampling import SamplingSettings
 from trainer.rollout.sglang_jax import SglangJaxBackend
 from trainer.rollout.sglang_jax.patches_0_1_0rc0 import memory_check_indexes
 from trainer.rollout.sglang_jax.settings import resolve_engine_section
 from trainer.rollout.sglang_jax.weights import HeadLayout, engine_tensors, leaves_to_replace, match_heads
 from trainer.runtime import Runtime, start
-from trainer.sampling import SamplingSettings
 from trainer.testing import perf
 from trainer.train_step import completion_logps
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.trainer.helpers import start_sglang_engine
 from trainer.data import left_pad
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
 from trainer.train_step import completion_logps
 
 LOGPROB_TOLERANCE = 1e-4  # float32 engine against float32 trainer, as in test_trainer_sglang.py

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
 
 
 @dataclasses.dataclass

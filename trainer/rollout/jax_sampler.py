@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 from trainer import sharding
 from trainer.model.qwen2 import Qwen2ForCausalLM
 from trainer.rollout.base import RolloutBackend, RolloutOutput
-from trainer.sampling import SamplingSettings, generate
+from trainer.rollout.sampling import SamplingSettings, generate
 
 
 class JaxSamplerBackend(RolloutBackend):

@@ -8,7 +8,7 @@ import numpy as np
 
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
 
 
 class MockBackend(RolloutBackend):

@@ -18,12 +18,12 @@ from trainer.config import TrainerConfig
 from trainer.model.qwen2 import Qwen2Config
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
+from trainer.rollout.sampling import SamplingSettings
 from trainer.rollout.sglang_jax import patches_0_1_0rc0 as patches
 from trainer.rollout.sglang_jax import settings
 from trainer.rollout.sglang_jax.pod import as_engine_array, pod_engine_mesh
 from trainer.rollout.sglang_jax.weights import HeadLayout, engine_tensors, leaves_to_replace
 from trainer.runtime import Runtime
-from trainer.sampling import SamplingSettings
 
 
 class SglangJaxBackend(RolloutBackend):
