@@ -58,10 +58,10 @@ from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
 from trainer.rollout.sampling import SamplingSettings
 from trainer.runtime import Runtime, device_memory_bytes
 from trainer.train_step import (
-    batch_from_host,
+    TrainBatch,
+    global_batch,
     init_state,
     learning_rate_schedule,
-    loss_settings,
     make_logps_fn,
     make_optimizer,
     make_train_step,
@@ -139,10 +139,9 @@ class GRPOLoop:
         # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
         self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
         self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)
-        self.train_step = make_train_step(
-            self.model, self.optimizer, loss_settings(config.train, config.rollout.max_new_tokens),
-            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
-            self.state_shardings, self.mesh)
+        self.train_step = make_train_step(self.model, self.optimizer, config.train,
+                                          config.rows // config.train.micro_batch_size, config.rollout.temperature,
+                                          self.state_shardings, self.mesh)
         self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
 
     # --- the story ---------------------------------------------------------------------------------
@@ -183,9 +182,9 @@ class GRPOLoop:
         scores, rewards_N = self.score(rollout, problems)
         advantages = group_advantages(rewards_N, self.config.rollout.group_size, self.config.train.scale_rewards)
         this_process = self.runtime.this_process_rows(self.config.rows)
-        host_batch = self.host_batch(prompt_ids, prompt_mask, rollout, advantages[this_process], rewards_N)
+        batch = self.train_batch(prompt_ids, prompt_mask, rollout, advantages[this_process], rewards_N)
         update_start = time.perf_counter()
-        train_metrics, mismatch = self.update(host_batch, rollout)
+        train_metrics, mismatch = self.update(batch)
         update_s = time.perf_counter() - update_start
         push_start = time.perf_counter()
         self.backend.push_weights(self.state.params)
@@ -216,29 +215,26 @@ class GRPOLoop:
                                    self.config.reward.correctness_mode)
         return scores, sharding.gather_to_all(scores.total_N)
 
-    def host_batch(self, prompt_ids, prompt_mask, rollout: RolloutOutput, advantages_N, rewards_N) -> dict:
+    def train_batch(self, prompt_ids, prompt_mask, rollout: RolloutOutput, advantages_N, rewards_N) -> TrainBatch:
+        """This process's rows as one global batch; pi_old and pi_ref come in `update`, where needed."""
         loss_mask = rollout.completion_mask_NxC.astype(np.float32)
         if self.config.train.dynamic_sampling:
             keep = informative_rows(rewards_N, self.config.rollout.group_size)
             loss_mask *= keep[self.runtime.this_process_rows(self.config.rows), None]
         if self.config.train.mask_truncated_completions:
             loss_mask *= (~self.truncated(rollout))[:, None]
-        zeros = np.zeros_like(loss_mask)
-        rollout_logps = rollout.logps_NxC if rollout.logps_NxC is not None else zeros
-        return {"prompt_ids_NxP": prompt_ids, "prompt_mask_NxP": prompt_mask,
-                "completion_ids_NxC": rollout.completion_ids_NxC,
-                "completion_mask_NxC": rollout.completion_mask_NxC.astype(np.float32), "loss_mask_NxC": loss_mask,
-                "advantages_N": advantages_N, "old_logps_NxC": zeros, "ref_logps_NxC": zeros,
-                "rollout_logps_NxC": rollout_logps.astype(np.float32)}
+        host = TrainBatch(prompt_ids, prompt_mask, rollout.completion_ids_NxC,
+                          rollout.completion_mask_NxC.astype(np.float32), loss_mask, advantages_N,
+                          rollout_logps_NxC=rollout.logps_NxC)
+        return global_batch(host, self.mesh)
 
     def truncated(self, rollout: RolloutOutput) -> np.ndarray:
         """Rows that used every new token without producing a stop token."""
         last = rollout.completion_ids_NxC[:, -1]
         return (rollout.lengths_N == self.config.rollout.max_new_tokens) & ~np.isin(last, self.tokenizer.stop_ids)
 
-    def update(self, host: dict, rollout: RolloutOutput):
+    def update(self, batch: TrainBatch):
         """Old / reference log-probs where needed, then num_iterations optimizer steps on one batch."""
-        batch = batch_from_host(host, self.mesh)
         args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
         if self.use_old_logps:
             batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
@@ -248,7 +244,7 @@ class GRPOLoop:
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)
             first = metrics if first is None else first
-        mismatch = self.logprob_mismatch(first) if rollout.logps_NxC is not None else None
+        mismatch = self.logprob_mismatch(first) if batch.rollout_logps_NxC is not None else None
         return jax.device_get(metrics), mismatch
 
     @staticmethod

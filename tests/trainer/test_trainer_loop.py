@@ -32,9 +32,9 @@ def _answer_even_rows(gsm8k_dir):
     return complete
 
 
-def _mock_factory(complete, created: list):
+def _mock_factory(complete, created: list, logp: float | None = None):
     def factory(config, model, runtime, tokenizer, model_dir):
-        created.append(MockBackend(tokenizer, complete))
+        created.append(MockBackend(tokenizer, complete, logp))
         return created[-1]
 
     return factory
@@ -201,7 +201,8 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
                      "rollout.prompt_length=384", "rollout.max_new_tokens=8", "rollout.batch_size=2",
                      "rollout.group_size=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
-    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), []), out=lambda line: None)
+    # The engine's log-probs, which the importance weight needs: any value, the weight is not what is checked.
+    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), [], logp=-1.0), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
     assert len(calls) == separate_forwards
     if not separate_forwards:  # ratio exactly 1: nothing clipped, whatever the other forward says
