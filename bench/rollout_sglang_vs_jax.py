@@ -20,8 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import resolve_auto_values
 from trainer.model.load import build_model
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.jax_sampler import JaxSamplerBackend

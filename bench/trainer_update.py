@@ -17,8 +17,9 @@ from pathlib import Path
 
 import jax
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.loop import GRPOLoop, StopSignal
 from trainer.model.qwen2 import Qwen2Config
 from trainer.runtime import start
 from trainer.testing import perf

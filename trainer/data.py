@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.config import TrainerConfig
+
 GSM8K_HUB_NAME = ("openai/gsm8k", "main")
 
 
@@ -50,6 +52,17 @@ def load_gsm8k(split: str, path: str = "") -> list[Problem]:
 
         rows = list(datasets.load_dataset(*GSM8K_HUB_NAME, split=split))
     return [Problem(row["question"], gold_answer(row["answer"])) for row in rows]
+
+
+def load_problems(config: TrainerConfig, split: str) -> list[Problem]:
+    """The split of the config's data source (a synthetic test split holds at least one step's rows)."""
+    match config.data.source:
+        case "synthetic_arithmetic":
+            size = config.data.synthetic_size if split == "train" else max(config.rows, 64)
+            return synthetic_arithmetic(split, size, config.data.synthetic_max_operand, config.seed)
+        case "gsm8k":
+            return load_gsm8k(split, config.data.path)
+    raise ValueError(f"data.source: expected synthetic_arithmetic or gsm8k, received {config.data.source!r}")
 
 
 def synthetic_arithmetic(split: str, count: int, max_operand: int, seed: int) -> list[Problem]:

@@ -124,8 +124,8 @@ def start_sglang_engine(model_dir: Path, out_dir: Path, *sets: str):
     import jax
     import jax.numpy as jnp
 
+    from trainer.auto_values import resolve_auto_values
     from trainer.config import load_config
-    from trainer.loop import resolve_auto_values
     from trainer.model.load import build_model
     from trainer.model.tokenizer import ChatTokenizer
     from trainer.rollout.sglang_jax import SglangJaxBackend

@@ -121,11 +121,11 @@ def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, t
 def test_auto_master_weights_follow_the_device_memory(tmp_path, monkeypatch, tiny_model_dir, device_gib, expected):
     """The smoke preset's `auto` on devices of a given size (a TPU's limit cannot be had here, so the size
     is given): the tiny model's float32 state with Lion is 16 bytes x its parameters."""
-    import trainer.loop as loop_module
-    from trainer.loop import resolve_auto_values
+    import trainer.auto_values as auto_values
+    from trainer.auto_values import resolve_auto_values
     from trainer.model.qwen2 import Qwen2Config
 
-    monkeypatch.setattr(loop_module, "device_memory_bytes", lambda platform: int(device_gib * 2**30))
+    monkeypatch.setattr(auto_values, "device_memory_bytes", lambda platform: int(device_gib * 2**30))
     config = load_config("smoke", sets=[f"model_path={tiny_model_dir}", "rollout.backend=jax",
                                         f"out_dir={tmp_path}"], environ={})
     lines = []

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from trainer import sharding
+from trainer.config import TrainerConfig
 from trainer.model.qwen2 import Qwen2ForCausalLM
+from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
 from trainer.rollout.sampling import SamplingSettings, generate
+from trainer.runtime import Runtime
 
 
 class JaxSamplerBackend(RolloutBackend):
@@ -23,6 +28,12 @@ class JaxSamplerBackend(RolloutBackend):
         self.pad_id = pad_id
         self.prefill_buckets = sorted(prefill_buckets)
         self.params = None
+
+    @classmethod
+    def create(cls, config: TrainerConfig, model: Qwen2ForCausalLM, runtime: Runtime, tokenizer: ChatTokenizer,
+               model_dir: Path) -> JaxSamplerBackend:
+        return cls(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id,
+                   config.rollout.prefill_buckets or [config.rollout.prompt_length])
 
     def push_weights(self, params) -> None:
         # Same devices and layout as the trainer: holding a reference is the whole push.

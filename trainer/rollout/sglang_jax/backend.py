@@ -7,7 +7,6 @@ the model runner's state leaves, which the engine's jitted forward reads on ever
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import jax
@@ -15,7 +14,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from trainer.config import TrainerConfig
-from trainer.model.qwen2 import Qwen2Config
+from trainer.metrics import timed
+from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
 from trainer.rollout.sampling import SamplingSettings
@@ -43,10 +43,23 @@ class SglangJaxBackend(RolloutBackend):
         self.engine_heads = HeadLayout(attn.q_head_num, attn.kv_head_num, attn.head_dim)
         self.our_heads = HeadLayout(model_config.num_attention_heads, model_config.num_key_value_heads,
                                     model_config.head_dim)
-        self._push_s = 0.0
+        self._seconds = {"time/engine_weight_push_s": 0.0}
         self._flush_on_push = not config.rollout.sglang.disable_radix_cache
         self._convert = None  # built on the first push, when the params' shardings are known
         self._target_indices: list[int] = []
+
+    @classmethod
+    def create(cls, config: TrainerConfig, model: Qwen2ForCausalLM, runtime: Runtime, tokenizer: ChatTokenizer,
+               model_dir: Path) -> SglangJaxBackend:
+        return cls(config, model.config, runtime, tokenizer, model_dir)
+
+    @classmethod
+    def resolve_settings(cls, config: TrainerConfig, model: Qwen2Config, runtime: Runtime) -> TrainerConfig:
+        return settings.resolve_settings(config, model, runtime)
+
+    @classmethod
+    def weight_bytes_per_device(cls, config: TrainerConfig, model: Qwen2Config) -> int:
+        return settings.engine_weight_bytes(config, model)
 
     def generate(self, prompt_ids_NxP, prompt_mask_NxP, sampling: SamplingSettings, seed: int) -> RolloutOutput:
         prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(prompt_ids_NxP, prompt_mask_NxP, strict=True)]
@@ -74,18 +87,17 @@ class SglangJaxBackend(RolloutBackend):
     def push_weights(self, params) -> None:
         from flax import nnx
 
-        start = time.perf_counter()
-        if self._convert is None:
-            self._convert = self._make_converter(params)
-        leaves = list(self.runner.model_state_leaves)
-        for index, value in zip(self._target_indices, self._convert(params), strict=True):
-            leaves[index] = value
-        jax.block_until_ready(leaves)
-        self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
-        nnx.update(self.runner.model, jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves))
-        if self._flush_on_push:
-            self._flush_prefix_cache()
-        self._push_s += time.perf_counter() - start
+        with timed(self._seconds, "time/engine_weight_push_s"):
+            if self._convert is None:
+                self._convert = self._make_converter(params)
+            leaves = list(self.runner.model_state_leaves)
+            for index, value in zip(self._target_indices, self._convert(params), strict=True):
+                leaves[index] = value
+            jax.block_until_ready(leaves)
+            self.runner.model_state_leaves = leaves  # what the engine's jitted forward reads on every call
+            nnx.update(self.runner.model, jax.tree_util.tree_unflatten(self.runner._model_state_def, leaves))
+            if self._flush_on_push:
+                self._flush_prefix_cache()
 
     def _flush_prefix_cache(self) -> None:
         """Drop the radix cache's keys and values: they were computed under the weights just replaced,
@@ -119,8 +131,8 @@ class SglangJaxBackend(RolloutBackend):
         return engine_tensors(params, self.model_config, self.our_heads, self.engine_heads)
 
     def timings(self) -> dict[str, float]:
-        push_s, self._push_s = self._push_s, 0.0
-        return {"time/engine_weight_push_s": push_s}
+        seconds, self._seconds = self._seconds, {"time/engine_weight_push_s": 0.0}
+        return seconds
 
     def shutdown(self) -> None:
         engine, self.engine = self.engine, None
