@@ -1,4 +1,5 @@
-"""GSM8K (hub or local jsonl/parquet), the synthetic arithmetic task, and the prompt stream.
+"""The problems: GSM8K (hub or local jsonl/parquet) or the synthetic arithmetic task, as `data.source`
+names, and the prompt stream over them.
 
 The stream is a seeded permutation per epoch, so a (seed, position) pair is all a checkpoint
 needs to resume exactly where the data left off.

@@ -1,4 +1,5 @@
-"""Process start-up: .env, CPU device count, multi-host initialisation, the mesh.
+"""This process within the run: start-up (.env, CPU device count, multi-host initialisation, the mesh),
+then what the run asks of it: its block of each step's rows, and its devices' memory.
 
 Multi-host: with JAX_NUM_PROCESSES > 1 in the environment, `jax.distributed.initialize` gets the
 coordinator (JAX_COORDINATOR_ADDRESS), process count and id (JAX_PROCESS_ID) explicitly, with a

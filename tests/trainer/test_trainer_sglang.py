@@ -221,6 +221,16 @@ def test_an_engine_smaller_than_its_host_is_refused_on_a_pod(tiny_model_dir):
                                 f"{jax.local_device_count()} (or 0 for it) on a pod, received 2")
 
 
+def test_the_workarounds_refuse_a_version_they_were_not_written_for(monkeypatch):
+    from trainer.rollout.sglang_jax import patches_0_1_0rc0 as patches
+
+    patches.check_version()  # the pinned one
+    monkeypatch.setattr(patches.importlib.metadata, "version", lambda name: "0.1.1")
+    with pytest.raises(RuntimeError, match=r"^sglang-jax 0\.1\.1 is installed; .*patches_0_1_0rc0\.py works around "
+                                           r"0\.1\.0rc0: check each workaround against 0\.1\.1"):
+        patches.check_version()
+
+
 @pytest.mark.parametrize("host, mesh_indexes, expected", [
     (0, [0, 1, 2, 3], [0, 1, 2, 3]),  # a v4-16's first host: ids 0-3, as the job counts them
     (1, [4, 5, 6, 7], [0, 1, 2, 3]),  # its second host: ids 4-7, counted from 4 by the memory check
