@@ -20,14 +20,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import resolve_auto_values
 from trainer.model.load import build_model
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.jax_sampler import JaxSamplerBackend
+from trainer.rollout.sampling import SamplingSettings
 from trainer.rollout.sglang_jax import SglangJaxBackend
 from trainer.runtime import start
-from trainer.sampling import SamplingSettings
 from trainer.sharding import put_tree, tree_shardings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -63,8 +63,8 @@ def main() -> None:
     model_dir = Path(args.model_dir or bench_model_dir(hidden=512, layers=8))
     config = load_config(None, environ={}, sets=[
         f"model_path={model_dir}", "rollout.backend=sglang_jax", f"rollout.batch_size={args.rows}",
-        "rollout.num_pre_q=1", f"train.micro_batch_size={args.rows}", f"rollout.global_length={args.prompt_len}",
-        f"rollout.max_length_sample={args.new_tokens}", "out_dir=/tmp/rollout-bench"])
+        "rollout.group_size=1", f"train.micro_batch_size={args.rows}", f"rollout.prompt_length={args.prompt_len}",
+        f"rollout.max_new_tokens={args.new_tokens}", "out_dir=/tmp/rollout-bench"])
     runtime = start(config)
     config = resolve_auto_values(config, runtime, model_dir)
     tokenizer = ChatTokenizer(model_dir)

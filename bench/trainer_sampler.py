@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from trainer.model.weights import load_params
-from trainer.sampling import generate
+from trainer.rollout.sampling import generate
 from trainer.testing import perf
 from trainer.testing.make_tiny_model import make_tiny_model
 

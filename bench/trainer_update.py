@@ -17,8 +17,9 @@ from pathlib import Path
 
 import jax
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.loop import GRPOLoop, StopSignal
 from trainer.model.qwen2 import Qwen2Config
 from trainer.runtime import start
 from trainer.testing import perf
@@ -26,8 +27,8 @@ from trainer.testing import perf
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_sampler import bench_model_dir  # noqa: E402
 
-DEFAULT_SETS = ["rollout.batch_size=8", "rollout.num_pre_q=8", "rollout.global_length=32",
-                "rollout.max_length_sample=32", "train.micro_batch_size=16", "checkpoint.resume=false"]
+DEFAULT_SETS = ["rollout.batch_size=8", "rollout.group_size=8", "rollout.prompt_length=32",
+                "rollout.max_new_tokens=32", "train.micro_batch_size=16", "checkpoint.resume=false"]
 
 
 def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, forwards: float) -> float:
@@ -67,8 +68,8 @@ def main() -> None:
     steady = steps[1:] or steps
     update_s = statistics.median(m["time/update_s"] for m in steady)
     forwards = 3 + (1 if loop.use_old_logps else 0) + (1 if config.train.beta > 0 else 0)
-    flops = update_flops(loop.model.config, config.rows, config.rollout.global_length,
-                         config.rollout.max_length_sample, forwards) * config.train.num_iterations
+    flops = update_flops(loop.model.config, config.rows, config.rollout.prompt_length,
+                         config.rollout.max_new_tokens, forwards) * config.train.num_iterations
     peak = perf.matmul_peak_flops(dtype=loop.model.dtype)
     print(json.dumps({
         "bench": "trainer_update", "device": str(jax.devices()[0].device_kind), "platform": runtime.platform,

@@ -1,6 +1,7 @@
 """Group-relative advantages and dynamic sampling, as pure NumPy functions of the step's rewards.
 
-Rows are laid out group-major: the `group_size` samples of prompt j are rows j*G .. j*G+G-1.
+Rows are laid out group-major: the G = `group_size` samples of prompt j are rows j*G .. j*G+G-1, so
+[N] rewards reshape to [B prompts, G] (`_BxG`).
 Standard deviations are population ones (ddof 0), as in the upstream runner.
 """
 
@@ -14,19 +15,19 @@ STD_EPS = 1e-4  # keeps groups with tiny spread from exploding; the upstream run
 def group_advantages(rewards_N: np.ndarray, group_size: int, scale: str = "group") -> np.ndarray:
     """A_i = (r_i - mean_group) / (std + eps); scale 'batch' uses the batch std, 'none' no division
     (Dr. GRPO's mean-only form)."""
-    rewards_GxK = np.asarray(rewards_N, np.float64).reshape(-1, group_size)
-    centered_GxK = rewards_GxK - rewards_GxK.mean(axis=1, keepdims=True)
+    rewards_BxG = np.asarray(rewards_N, np.float64).reshape(-1, group_size)
+    centered_BxG = rewards_BxG - rewards_BxG.mean(axis=1, keepdims=True)
     if scale == "group":
-        centered_GxK = centered_GxK / (rewards_GxK.std(axis=1, keepdims=True) + STD_EPS)
+        centered_BxG = centered_BxG / (rewards_BxG.std(axis=1, keepdims=True) + STD_EPS)
     elif scale == "batch":
-        centered_GxK = centered_GxK / (rewards_GxK.std() + STD_EPS)
+        centered_BxG = centered_BxG / (rewards_BxG.std() + STD_EPS)
     elif scale != "none":
         raise ValueError(f"scale: expected group, batch or none, received {scale!r}")
-    return centered_GxK.reshape(-1).astype(np.float32)
+    return centered_BxG.reshape(-1).astype(np.float32)
 
 
 def informative_rows(rewards_N: np.ndarray, group_size: int) -> np.ndarray:
     """True for rows of groups whose rewards are not all equal (DAPO's dynamic-sampling filter)."""
-    rewards_GxK = np.asarray(rewards_N).reshape(-1, group_size)
-    varied_G = rewards_GxK.max(axis=1) > rewards_GxK.min(axis=1)
-    return np.repeat(varied_G, group_size)
+    rewards_BxG = np.asarray(rewards_N).reshape(-1, group_size)
+    varied_B = rewards_BxG.max(axis=1) > rewards_BxG.min(axis=1)
+    return np.repeat(varied_B, group_size)

@@ -1,4 +1,5 @@
-"""GSM8K (hub or local jsonl/parquet), the synthetic arithmetic task, and the prompt stream.
+"""The problems: GSM8K (hub or local jsonl/parquet) or the synthetic arithmetic task, as `data.source`
+names, and the prompt stream over them.
 
 The stream is a seeded permutation per epoch, so a (seed, position) pair is all a checkpoint
 needs to resume exactly where the data left off.
@@ -12,6 +13,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+
+from trainer.config import TrainerConfig
 
 GSM8K_HUB_NAME = ("openai/gsm8k", "main")
 
@@ -50,6 +53,17 @@ def load_gsm8k(split: str, path: str = "") -> list[Problem]:
 
         rows = list(datasets.load_dataset(*GSM8K_HUB_NAME, split=split))
     return [Problem(row["question"], gold_answer(row["answer"])) for row in rows]
+
+
+def load_problems(config: TrainerConfig, split: str) -> list[Problem]:
+    """The split of the config's data source (a synthetic test split holds at least one step's rows)."""
+    match config.data.source:
+        case "synthetic_arithmetic":
+            size = config.data.synthetic_size if split == "train" else max(config.rows, 64)
+            return synthetic_arithmetic(split, size, config.data.synthetic_max_operand, config.seed)
+        case "gsm8k":
+            return load_gsm8k(split, config.data.path)
+    raise ValueError(f"data.source: expected synthetic_arithmetic or gsm8k, received {config.data.source!r}")
 
 
 def synthetic_arithmetic(split: str, count: int, max_operand: int, seed: int) -> list[Problem]:
@@ -96,7 +110,7 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarra
     mask = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
         if len(row) > length:
-            raise ValueError(f"prompt of {len(row)} tokens does not fit rollout.global_length={length}")
+            raise ValueError(f"prompt of {len(row)} tokens does not fit rollout.prompt_length={length}")
         if row:
             ids[i, -len(row):] = row
             mask[i, -len(row):] = 1

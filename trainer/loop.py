@@ -1,4 +1,5 @@
-"""The GRPO loop: set up once, then each step rollout -> rewards -> advantages -> update -> push -> report.
+"""The GRPO loop, top-down: `train` sets a run up; each step is rollout -> rewards -> advantages -> update ->
+weight push -> metrics, then evaluation, W&B and metrics.jsonl, checkpoint, and a SIGTERM check.
 
 How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
 - Normalisation follows train.loss_type: `grpo` is the paper's 1/G sum_i 1/|o_i| sum_t, except that
@@ -26,7 +27,7 @@ How it departs from the GRPO paper (DeepSeekMath, Shao et al. 2024):
   min(pi_old / pi_rollout, cap) per token.
 - Entropy, clip ratios, KL and the mismatch are means over every generated token, whether or not it
   counts in the loss, so a step whose groups all drop out still describes the policy.
-- Rewards are outcome rewards (correctness, format, tag count); no reward model.
+- Rewards are outcome rewards (correctness, format, tag count, or a function of your own); no reward model.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,24 +44,24 @@ import numpy as np
 
 from trainer import sharding
 from trainer.advantages import group_advantages, informative_rows
+from trainer.auto_values import resolve_auto_values
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainerConfig, to_yaml
-from trainer.data import PromptStream, fitting_problems, left_pad, load_gsm8k, synthetic_arithmetic
+from trainer.data import PromptStream, fitting_problems, left_pad, load_problems
 from trainer.evaluation import evaluate
-from trainer.metrics import WandbLogger, print_flushed, step_line
+from trainer.metrics import WandbLogger, print_flushed, step_line, step_metrics, timed
 from trainer.metrics_log import MetricsLog
-from trainer.model.load import MASTER_WEIGHTS_SHARE, build_model, compute_dtype, master_weights_dtype, resolve_model_dir
-from trainer.model.qwen2 import Qwen2Config
+from trainer.model.load import build_model, resolve_model_dir
 from trainer.model.tokenizer import ChatTokenizer
-from trainer.rewards import score_completions
+from trainer.rewards import RewardScores, score_completions
 from trainer.rollout import RolloutBackend, RolloutOutput, make_backend
-from trainer.runtime import Runtime, device_memory_bytes
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
+from trainer.runtime import Runtime
 from trainer.train_step import (
-    batch_from_host,
+    TrainBatch,
+    global_batch,
     init_state,
     learning_rate_schedule,
-    loss_settings,
     make_logps_fn,
     make_optimizer,
     make_train_step,
@@ -69,6 +69,239 @@ from trainer.train_step import (
 )
 
 BackendFactory = Callable[..., RolloutBackend]
+
+
+def train(config: TrainerConfig, runtime: Runtime, backend_factory: BackendFactory = make_backend,
+          out: Callable[[str], None] = print_flushed) -> None:
+    """Resolve the model and the auto values, print the effective config, then run the loop."""
+    model_dir = resolve_model_dir(config.model_path, config.out_dir)
+    config = resolve_auto_values(config, runtime, model_dir, out)
+    out(to_yaml(config).rstrip())
+    GRPOLoop(config, runtime, model_dir, backend_factory, out).run()
+
+
+class GRPOLoop:
+    """A run: the policy and its optimizer state on the mesh, the prompt stream, the rollout backend, and
+    where the loop stands (what a checkpoint saves)."""
+
+    def __init__(self, config: TrainerConfig, runtime: Runtime, model_dir: Path,
+                 backend_factory: BackendFactory = make_backend, out: Callable[[str], None] = print_flushed):
+        self.config, self.runtime, self.out = config, runtime, out
+        self.tokenizer = ChatTokenizer(model_dir)
+        self.model, host_params = build_model(model_dir, config.model, runtime.platform)
+        self.train_problems = self.problems("train")
+        self.eval_problems = self.problems(config.eval.split) if config.eval.every_steps else []
+        self.set_up_update(host_params)
+        self.position = StepPosition(0, 0, jax.random.key(config.seed))
+        self.checkpointer = Checkpointer(config.checkpoint.dir or f"{config.out_dir}/checkpoints",
+                                         config.checkpoint.max_to_keep)
+        if config.checkpoint.resume:
+            self.resume_from_latest()
+        self.warn_if_updates_round_away()
+        self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
+                                   self.position.data_position)
+        r = config.rollout
+        self.sampling = SamplingSettings(r.max_new_tokens, r.temperature, r.top_k, r.top_p, r.ignore_eos)
+        self.backend = backend_factory(config, self.model, runtime, self.tokenizer, model_dir)
+
+    # --- the story ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        run_config = self.config.model_dump()
+        logger = WandbLogger(self.config.wandb, run_config, self.config.out_dir, self.runtime.is_main)
+        metrics_log = MetricsLog.start(self.config.out_dir, run_config, self.position.step, self.runtime.is_main)
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.checkpointer.close)
+            stack.enter_context(self.backend)
+            stop = stack.enter_context(StopSignal())
+            self.backend.push_weights(self.state.params)
+            try:
+                for step in range(self.position.step, self.config.steps):
+                    metrics = self.train_one_step(step, stop)
+                    self.out(step_line(step, metrics["loss"], metrics["entropy"], metrics["reward"],
+                                       metrics["time/step_s"]))
+                    metrics |= self.evaluate_if_due(step)
+                    logger.log(metrics, step)
+                    metrics_log.log(step, metrics)
+                    self.checkpoint_if_due(step)
+                    self.exit_if_stopped(stop)
+            except BaseException:
+                logger.finish(exit_code=1)
+                raise
+            logger.finish()
+
+    def train_one_step(self, step: int, stop: StopSignal) -> dict[str, float]:
+        """One step's rollout, rewards, advantages, update and push; its metrics. The position (step, data,
+        RNG) moves only once the step is done: a SIGTERM before the update saves the position this step
+        started from, all three consistent."""
+        seconds: dict[str, float] = {}
+        with timed(seconds, "time/step_s"):
+            with timed(seconds, "time/rollout_s"):
+                next_key, step_key = jax.random.split(self.position.rng_key)
+                problems = self.problems_of_this_process(self.stream.next_batch(self.config.rollout.batch_size))
+                prompt_ids, prompt_mask = self.encode(problems)
+                rollout = self.backend.generate(prompt_ids, prompt_mask, self.sampling, seed=_seed_from(step_key))
+            self.exit_if_stopped(stop)  # before the update: the saved state is the one this step started from
+            scores, rewards_N = self.score(rollout, problems)
+            advantages_N = group_advantages(rewards_N, self.config.rollout.group_size, self.config.train.scale_rewards)
+            batch = self.train_batch(prompt_ids, prompt_mask, rollout, advantages_N, rewards_N)
+            with timed(seconds, "time/update_s"):
+                update = self.update(batch)
+            with timed(seconds, "time/weight_push_s"):
+                self.backend.push_weights(self.state.params)
+            self.position = StepPosition(step + 1, self.stream.position, next_key)
+        return self.step_metrics(step, update, scores, rewards_N, rollout, seconds) | seconds | self.backend.timings()
+
+    # --- the chapters, in the order a step reaches them ---------------------------------------------
+
+    def problems_of_this_process(self, prompts: list) -> list:
+        """The problem of each of this process's rows: every prompt repeated group_size times, then this
+        process's block."""
+        rows = [p for p in prompts for _ in range(self.config.rollout.group_size)]
+        return rows[self.runtime.this_process_rows(self.config.rows)]
+
+    def encode(self, problems: list) -> tuple[np.ndarray, np.ndarray]:
+        rows = [self.tokenizer.prompt_ids(p.question, self.config.data.system_prompt) for p in problems]
+        return left_pad(rows, self.config.rollout.prompt_length, self.tokenizer.pad_id)
+
+    def score(self, rollout: RolloutOutput, problems: list) -> tuple[RewardScores, np.ndarray]:
+        """Rewards of this process's rows, then every process's rewards gathered (group-major order)."""
+        texts = self.tokenizer.decode_completions(rollout.completion_ids_NxC, rollout.completion_mask_NxC)
+        scores = score_completions(texts, [p.answer for p in problems], self.config.reward.weights,
+                                   self.config.reward.correctness_mode)
+        return scores, sharding.gather_to_all(scores.total_N)
+
+    def train_batch(self, prompt_ids, prompt_mask, rollout: RolloutOutput, advantages_N, rewards_N) -> TrainBatch:
+        """This process's rows as one global batch; pi_old and pi_ref come in `update`, where needed."""
+        rows = self.runtime.this_process_rows(self.config.rows)
+        host = TrainBatch(prompt_ids, prompt_mask, rollout.completion_ids_NxC,
+                          rollout.completion_mask_NxC.astype(np.float32), self.loss_mask(rollout, rewards_N, rows),
+                          advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC)
+        return global_batch(host, self.runtime.mesh)
+
+    def loss_mask(self, rollout: RolloutOutput, rewards_N: np.ndarray, rows: slice) -> np.ndarray:
+        """The generated tokens that count in the loss: all, but for groups dynamic sampling drops and
+        truncated completions when they are masked."""
+        loss_mask = rollout.completion_mask_NxC.astype(np.float32)
+        if self.config.train.dynamic_sampling:
+            loss_mask *= informative_rows(rewards_N, self.config.rollout.group_size)[rows, None]
+        if self.config.train.mask_truncated_completions:
+            loss_mask *= (~self.truncated(rollout))[:, None]
+        return loss_mask
+
+    def truncated(self, rollout: RolloutOutput) -> np.ndarray:
+        """Rows that used every new token without producing a stop token."""
+        last = rollout.completion_ids_NxC[:, -1]
+        return (rollout.lengths_N == self.config.rollout.max_new_tokens) & ~np.isin(last, self.tokenizer.stop_ids)
+
+    def update(self, batch: TrainBatch) -> dict:
+        """pi_old and pi_ref where needed, then num_iterations optimizer steps on one batch: the last
+        step's metrics, with the rollout/trainer mismatch of the first (the policy that sampled)."""
+        args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
+        if self.use_old_logps:
+            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
+        if self.ref_params is not None:
+            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
+        steps = []
+        for _ in range(self.config.train.num_iterations):
+            self.state, metrics = self.train_step(self.state, batch)
+            steps.append(metrics)
+        first, last = jax.device_get((steps[0], steps[-1]))
+        return last | {name: first[name] for name in ("mismatch", "mismatch_max") if name in first}
+
+    def step_metrics(self, step: int, update: dict, scores: RewardScores, rewards_N: np.ndarray,
+                     rollout: RolloutOutput, seconds: dict[str, float]) -> dict[str, float]:
+        """The step's metrics over every process's rows."""
+        return step_metrics(
+            update, rewards_N, self.config.rollout.group_size,
+            {name: float(sharding.gather_to_all(values).mean()) for name, values in scores.by_name.items()},
+            int(sharding.gather_to_all(np.array([scores.num_errors])).sum()),
+            sharding.gather_to_all(rollout.lengths_N), sharding.gather_to_all(self.truncated(rollout)),
+            float(self.lr_schedule(step * self.config.train.num_iterations)), seconds["time/step_s"])
+
+    def evaluate_if_due(self, step: int) -> dict[str, float]:
+        every = self.config.eval.every_steps
+        if not every or (step + 1) % every:
+            return {}
+        result = evaluate(self.backend, self.tokenizer, self.eval_problems, self.config, self.runtime)
+        self.out(f"eval step={step} pass@1={result['eval/pass@1']:.4f} problems={int(result['eval/num_problems'])}")
+        return result
+
+    def checkpoint_if_due(self, step: int) -> None:
+        every = self.config.checkpoint.every_steps
+        if every and ((step + 1) % every == 0 or step + 1 == self.config.steps):
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        p = self.position
+        self.checkpointer.save(p.step, self.state, p.rng_key, {"step": p.step, "data_position": p.data_position})
+
+    def exit_if_stopped(self, stop: StopSignal) -> None:
+        # All processes take the same branch: saving is collective, so one host saving while
+        # another starts the next step would deadlock a pod. SIGTERM reaches hosts at different times.
+        if sharding.gather_to_all(np.array([stop.requested])).any():
+            self.save_checkpoint()
+            self.out(f"SIGTERM: saved checkpoint {self.position.step} in {self.checkpointer.directory}; exiting")
+            raise Terminated()
+
+    # --- set-up --------------------------------------------------------------------------------------
+
+    def problems(self, split: str) -> list:
+        """The split's problems whose prompt fits rollout.prompt_length (the others are dropped, and counted)."""
+        problems, dropped = fitting_problems(
+            load_problems(self.config, split),
+            lambda q: self.tokenizer.prompt_ids(q, self.config.data.system_prompt),
+            self.config.rollout.prompt_length)
+        if dropped:
+            self.out(f"data: dropped {dropped} {split} problems longer than rollout.prompt_length")
+        return problems
+
+    def set_up_update(self, host_params) -> None:
+        """The train state on the mesh, the optimizer and its schedule, the jitted step and log-prob forward."""
+        config, mesh = self.config, self.runtime.mesh
+        total_updates = config.steps * config.train.num_iterations
+        self.optimizer = make_optimizer(config.optim, total_updates)
+        self.lr_schedule = learning_rate_schedule(config.optim, total_updates)
+        params = sharding.put_tree(host_params, sharding.tree_shardings(host_params, mesh))
+        self.state, self.state_shardings = init_state(params, self.optimizer, mesh)
+        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if config.train.beta > 0 else None
+        # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
+        # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
+        self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
+        self.logps_fn = make_logps_fn(self.model, mesh, config.rollout.temperature)
+        self.train_step = make_train_step(self.model, self.optimizer, config.train,
+                                          config.rows // config.train.micro_batch_size, config.rollout.temperature,
+                                          self.state_shardings, mesh)
+
+    def resume_from_latest(self) -> None:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                self.state, self.state_shardings)
+        self.state, rng_key, position = self.checkpointer.restore(latest, abstract)
+        self.position = StepPosition(position["step"], position["data_position"], rng_key)
+        self.out(f"resumed from checkpoint {latest} in {self.checkpointer.directory}")
+
+    def warn_if_updates_round_away(self) -> None:
+        """Say at start when most weights cannot represent a step of the learning rate's size."""
+        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
+        lost = updates_lost_to_rounding(self.state.params, lr)
+        if lost <= 0.5:
+            return
+        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
+                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
+        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
+                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
+
+
+@dataclasses.dataclass
+class StepPosition:
+    """Where the loop stands, all a checkpoint needs beside the train state."""
+
+    step: int
+    data_position: int
+    rng_key: jax.Array
 
 
 class Terminated(Exception):
@@ -94,301 +327,5 @@ class StopSignal:
         return False
 
 
-def load_problems(config: TrainerConfig, split: str) -> list:
-    if config.data.source == "synthetic_arithmetic":
-        size = config.data.synthetic_size if split == "train" else max(config.rows, 64)
-        return synthetic_arithmetic(split, size, config.data.synthetic_max_operand, config.seed)
-    return load_gsm8k(split, config.data.path)
-
-
-@dataclasses.dataclass
-class StepPosition:
-    """Where the loop stands, all a checkpoint needs beside the train state."""
-
-    step: int
-    data_position: int
-    rng_key: jax.Array
-
-
-class GRPOLoop:
-    def __init__(self, config: TrainerConfig, runtime: Runtime, model_dir: Path,
-                 backend_factory: BackendFactory = make_backend, out: Callable[[str], None] = print_flushed):
-        self.config, self.runtime, self.model_dir, self.out = config, runtime, model_dir, out
-        self.mesh = runtime.mesh
-        self.tokenizer = ChatTokenizer(self.model_dir)
-        self.model, host_params = build_model(self.model_dir, config.model, runtime.platform)
-        self.train_problems = self._problems("train")
-        self.eval_problems = self._problems(config.eval.split) if config.eval.every_steps else []
-        total_updates = config.steps * config.train.num_iterations
-        self.optimizer = make_optimizer(config.optim, total_updates)
-        self.lr_schedule = learning_rate_schedule(config.optim, total_updates)
-        params = sharding.put_tree(host_params, sharding.tree_shardings(host_params, self.mesh))
-        self.state, self.state_shardings = init_state(params, self.optimizer, self.mesh)
-        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if config.train.beta > 0 else None
-        self.position = StepPosition(0, 0, jax.random.key(config.seed))
-        self.checkpointer = Checkpointer(config.checkpoint.dir or f"{config.out_dir}/checkpoints",
-                                         config.checkpoint.max_to_keep)
-        if config.checkpoint.resume:
-            self._resume_from_latest()
-        self.warn_if_updates_round_away()
-        self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
-                                   self.position.data_position)
-        self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
-                                         config.rollout.top_k, config.rollout.top_p)
-        # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
-        # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
-        self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
-        self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)
-        self.train_step = make_train_step(
-            self.model, self.optimizer, loss_settings(config.train, config.rollout.max_length_sample),
-            config.rows // config.train.micro_batch_size, config.rollout.temperature, self.use_old_logps,
-            self.state_shardings, self.mesh)
-        self.backend = backend_factory(config, self.model, runtime, self.tokenizer, self.model_dir)
-
-    # --- the story ---------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        logger = WandbLogger(self.config.wandb, dataclasses.asdict(self.config), self.config.out_dir,
-                             self.runtime.is_main)
-        metrics_log = MetricsLog.start(self.config.out_dir, dataclasses.asdict(self.config), self.position.step,
-                                       self.runtime.is_main)
-        with contextlib.ExitStack() as stack:
-            stack.callback(self.checkpointer.close)
-            stack.enter_context(self.backend)
-            stop = stack.enter_context(StopSignal())
-            self.backend.push_weights(self.state.params)
-            try:
-                for step in range(self.position.step, self.config.steps):
-                    metrics = self.train_one_step(step, stop)
-                    self.evaluate_if_due(step, metrics)
-                    logger.log(metrics, step)
-                    metrics_log.log(step, metrics)
-                    self.checkpoint_if_due(step)
-                    self.exit_if_stopped(stop)
-            except BaseException:
-                logger.finish(exit_code=1)
-                raise
-            logger.finish()
-
-    def train_one_step(self, step: int, stop: StopSignal) -> dict[str, float]:
-        # The position (step, data, RNG) moves only once the step is done: a SIGTERM before the update
-        # saves the position this step started from, all three consistent.
-        start = time.perf_counter()
-        next_key, step_key = jax.random.split(self.position.rng_key)
-        problems = self.my_rows(self.stream.next_batch(self.config.rollout.batch_size))
-        prompt_ids, prompt_mask = self.encode(problems)
-        rollout = self.backend.generate(prompt_ids, prompt_mask, self.sampling, seed=_seed_from(step_key))
-        rollout_s = time.perf_counter() - start
-        self.exit_if_stopped(stop)  # before the update: the saved state is the one this step started from
-        scores, rewards_N = self.score(rollout, problems)
-        advantages = group_advantages(rewards_N, self.config.rollout.num_pre_q, self.config.train.scale_rewards)
-        host_batch = self.host_batch(prompt_ids, prompt_mask, rollout, advantages[self.my_slice()], rewards_N)
-        update_start = time.perf_counter()
-        train_metrics, mismatch = self.update(host_batch, rollout)
-        update_s = time.perf_counter() - update_start
-        push_start = time.perf_counter()
-        self.backend.push_weights(self.state.params)
-        push_s = time.perf_counter() - push_start
-        self.position = StepPosition(step + 1, self.stream.position, next_key)
-        dt = time.perf_counter() - start
-        metrics = self.report(step, train_metrics, scores, rewards_N, rollout, mismatch, dt)
-        metrics |= {"time/rollout_s": rollout_s, "time/update_s": update_s, "time/weight_push_s": push_s,
-                    "time/step_s": dt} | self.backend.timings()
-        return metrics
-
-    # --- the chapters ------------------------------------------------------------------------------
-
-    def my_slice(self) -> slice:
-        local = self.config.rows // self.runtime.process_count
-        return slice(self.runtime.process_index * local, (self.runtime.process_index + 1) * local)
-
-    def my_rows(self, problems: list) -> list:
-        """This process's rows: each prompt repeated num_pre_q times, then split by process index."""
-        rows = [p for p in problems for _ in range(self.config.rollout.num_pre_q)]
-        return rows[self.my_slice()]
-
-    def encode(self, problems: list) -> tuple[np.ndarray, np.ndarray]:
-        rows = [self.tokenizer.prompt_ids(p.question, self.config.data.system_prompt) for p in problems]
-        return left_pad(rows, self.config.rollout.global_length, self.tokenizer.pad_id)
-
-    def score(self, rollout: RolloutOutput, problems: list):
-        """Rewards of this process's rows, then every process's rewards gathered (group-major order)."""
-        texts = self.tokenizer.decode_completions(rollout.completion_ids_NxC, rollout.completion_mask_NxC)
-        scores = score_completions(texts, [p.answer for p in problems], self.config.reward.weights,
-                                   self.config.reward.correctness_mode)
-        return scores, sharding.gather_to_all(scores.total_N)
-
-    def host_batch(self, prompt_ids, prompt_mask, rollout: RolloutOutput, advantages_N, rewards_N) -> dict:
-        loss_mask = rollout.completion_mask_NxC.astype(np.float32)
-        if self.config.train.dynamic_sampling:
-            keep = informative_rows(rewards_N, self.config.rollout.num_pre_q)[self.my_slice()]
-            loss_mask *= keep[:, None]
-        if self.config.train.mask_truncated_completions:
-            loss_mask *= (~self.truncated(rollout))[:, None]
-        zeros = np.zeros_like(loss_mask)
-        rollout_logps = rollout.logprobs_NxC if rollout.logprobs_NxC is not None else zeros
-        return {"prompt_ids_NxP": prompt_ids, "prompt_mask_NxP": prompt_mask,
-                "completion_ids_NxC": rollout.completion_ids_NxC,
-                "completion_mask_NxC": rollout.completion_mask_NxC.astype(np.float32), "loss_mask_NxC": loss_mask,
-                "advantages_N": advantages_N, "old_logps_NxC": zeros, "ref_logps_NxC": zeros,
-                "rollout_logps_NxC": rollout_logps.astype(np.float32)}
-
-    def truncated(self, rollout: RolloutOutput) -> np.ndarray:
-        """Rows that used every new token without producing a stop token."""
-        last = rollout.completion_ids_NxC[:, -1]
-        return (rollout.lengths_N == self.config.rollout.max_length_sample) & ~np.isin(last, self.tokenizer.stop_ids)
-
-    def update(self, host: dict, rollout: RolloutOutput):
-        """Old / reference log-probs where needed, then num_iterations optimizer steps on one batch."""
-        batch = batch_from_host(host, self.mesh)
-        args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
-        if self.use_old_logps:
-            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
-        if self.ref_params is not None:
-            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
-        first = None
-        for _ in range(self.config.train.num_iterations):
-            self.state, metrics = self.train_step(self.state, batch)
-            first = metrics if first is None else first
-        mismatch = self.logprob_mismatch(first) if rollout.logprobs_NxC is not None else None
-        return jax.device_get(metrics), mismatch
-
-    @staticmethod
-    def logprob_mismatch(first_step_metrics) -> dict[str, float]:
-        """Mean and max |logp_engine - logp_trainer| over every generated token of the step, from the first
-        update's forward (the policy that sampled)."""
-        metrics = jax.device_get(first_step_metrics)
-        return {"rollout/logprob_mismatch_mean": float(metrics["mismatch"]),
-                "rollout/logprob_mismatch_max": float(metrics["mismatch_max"])}
-
-    def report(self, step, train_metrics, scores, rewards_N, rollout: RolloutOutput, mismatch, dt) -> dict:
-        lengths = sharding.gather_to_all(rollout.lengths_N)
-        truncated = sharding.gather_to_all(self.truncated(rollout))
-        group_std = rewards_N.reshape(-1, self.config.rollout.num_pre_q).std(axis=1)
-        metrics = {
-            "loss": float(train_metrics["loss"]), "entropy": float(train_metrics["entropy"]),
-            "grad_norm": float(train_metrics["grad_norm"]),
-            "clip_ratio/low_mean": float(train_metrics["clip_low"]),
-            "clip_ratio/high_mean": float(train_metrics["clip_high"]),
-            "clip_ratio/region_mean": float(train_metrics["clip_low"] + train_metrics["clip_high"]),
-            "learning_rate": float(self.lr_schedule(step * self.config.train.num_iterations)),
-            "reward": float(rewards_N.mean()), "reward_std": float(rewards_N.std()),
-            "frac_reward_zero_std": float((group_std == 0).mean()),
-            "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()), "completions/clipped_ratio": float(truncated.mean()),
-            "throughput/completion_tokens_per_s": float(lengths.sum() / dt),
-            "reward_errors": float(sharding.gather_to_all(np.array([scores.num_errors])).sum()),
-        }
-        for name, values in scores.by_name.items():
-            metrics[f"rewards/{name}/mean"] = float(sharding.gather_to_all(values).mean())
-        if "kl" in train_metrics:
-            metrics["kl"] = float(train_metrics["kl"])
-        metrics |= mismatch or {}
-        self.out(step_line(step, metrics["loss"], metrics["entropy"], metrics["reward"], dt))
-        return metrics
-
-    def evaluate_if_due(self, step: int, metrics: dict) -> None:
-        every = self.config.eval.every_steps
-        if not every or (step + 1) % every:
-            return
-        c = self.config
-        result = evaluate(self.backend, self.tokenizer, self.eval_problems, rows=c.rows, batches=c.eval.batches,
-                          prompt_length=c.rollout.global_length, max_new_tokens=c.rollout.max_length_sample,
-                          system_prompt=c.data.system_prompt, correctness_mode=c.reward.correctness_mode,
-                          process_index=self.runtime.process_index, process_count=self.runtime.process_count)
-        self.out(f"eval step={step} pass@1={result['eval/pass@1']:.4f} problems={int(result['eval/num_problems'])}")
-        metrics |= result
-
-    def checkpoint_if_due(self, step: int) -> None:
-        every = self.config.checkpoint.every_steps
-        if every and ((step + 1) % every == 0 or step + 1 == self.config.steps):
-            self.save_checkpoint()
-
-    def save_checkpoint(self) -> None:
-        p = self.position
-        self.checkpointer.save(p.step, self.state, p.rng_key, {"step": p.step, "data_position": p.data_position})
-
-    def exit_if_stopped(self, stop: StopSignal) -> None:
-        # All processes take the same branch: saving is collective, so one host saving while
-        # another starts the next step would deadlock a pod. SIGTERM reaches hosts at different times.
-        if sharding.gather_to_all(np.array([stop.requested])).any():
-            self.save_checkpoint()
-            self.out(f"SIGTERM: saved checkpoint {self.position.step} in {self.checkpointer.directory}; exiting")
-            raise Terminated()
-
-    def warn_if_updates_round_away(self) -> None:
-        """Say at start when most weights cannot represent a step of the learning rate's size."""
-        lr, dtype = self.config.optim.learning_rate, self.config.model.param_dtype
-        lost = updates_lost_to_rounding(self.state.params, lr)
-        if lost <= 0.5:
-            return
-        advice = ("float32 master weights (model.param_dtype=float32, compute stays in model.dtype) keep them, "
-                  "memory permitting" if dtype != "float32" else "raise optim.learning_rate")
-        self.out(f"warning: optim.learning_rate {lr:g} is below {dtype}'s resolution at the weights' scale: an "
-                 f"update that size leaves {lost:.1%} of the weights unchanged; {advice}")
-
-    def _resume_from_latest(self) -> None:
-        latest = self.checkpointer.latest_step()
-        if latest is None:
-            return
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                self.state, self.state_shardings)
-        self.state, rng_key, position = self.checkpointer.restore(latest, abstract)
-        self.position = StepPosition(position["step"], position["data_position"], rng_key)
-        self.out(f"resumed from checkpoint {latest} in {self.checkpointer.directory}")
-
-    def _problems(self, split: str) -> list:
-        problems, dropped = fitting_problems(
-            load_problems(self.config, split),
-            lambda q: self.tokenizer.prompt_ids(q, self.config.data.system_prompt),
-            self.config.rollout.global_length)
-        if dropped:
-            self.out(f"data: dropped {dropped} {split} problems longer than rollout.global_length")
-        return problems
-
-
 def _seed_from(key: jax.Array) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
-
-
-def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path,
-                        out: Callable[[str], None] = print_flushed) -> TrainerConfig:
-    """The config with `auto` / 0 values replaced by what this run will use, as the log should show."""
-    dtype = jnp.dtype(compute_dtype(config.model.dtype, runtime.platform)).name
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
-    if config.model.param_dtype == "auto":
-        param_dtype = resolve_param_dtype(config, Qwen2Config.from_dir(model_dir), runtime, out)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, param_dtype=param_dtype))
-    if config.rollout.backend == "sglang_jax":
-        from trainer.rollout.sglang_jax import resolve_engine_section
-
-        engine = resolve_engine_section(config, Qwen2Config.from_dir(model_dir), runtime)
-        config = dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, sglang=engine))
-    return config
-
-
-def resolve_param_dtype(config: TrainerConfig, model: Qwen2Config, runtime: Runtime, out: Callable[[str], None]) -> str:
-    """float32 master weights where they fit beside the engine's weights, else bfloat16 (and say why)."""
-    engine_bytes = 0
-    if config.rollout.backend == "sglang_jax":
-        engine_dtype = config.model.dtype if config.rollout.sglang.dtype == "auto" else config.rollout.sglang.dtype
-        engine_devices = config.rollout.sglang.tp_size or jax.local_device_count()
-        engine_bytes = model.num_params() * jnp.dtype(engine_dtype).itemsize // engine_devices
-    shards = runtime.mesh.shape["fsdp"] * runtime.mesh.shape["tp"]
-    device_bytes = device_memory_bytes(runtime.platform)
-    dtype, needed = master_weights_dtype(model.num_params(), 1 if config.optim.name == "lion" else 2, shards,
-                                         engine_bytes, device_bytes)
-    if dtype != "float32":
-        out(f"model.param_dtype auto: bfloat16, because float32 master weights would need about "
-            f"{needed / 2**30:.3g} GiB per device with the engine's weights, over "
-            f"{MASTER_WEIGHTS_SHARE:.0%} of the {device_bytes / 2**30:.3g} GiB a device has")
-    return dtype
-
-
-def train(config: TrainerConfig, runtime: Runtime, backend_factory: BackendFactory = make_backend,
-          out: Callable[[str], None] = print_flushed) -> None:
-    """Resolve the model and the auto values, print the effective config, then run the loop."""
-    model_dir = resolve_model_dir(config.model_path, config.out_dir)
-    config = resolve_auto_values(config, runtime, model_dir, out)
-    out(to_yaml(config).rstrip())
-    GRPOLoop(config, runtime, model_dir, backend_factory, out).run()

@@ -2,29 +2,21 @@
 
 The loss of a batch is sum(token_weight * per_token_loss). Token weights carry the normalisation
 of each loss type and are computed once over the whole (global) batch, so gradient accumulation
-over micro-batches sums to exactly the full-batch loss.
+over micro-batches sums to exactly the full-batch loss. The settings are the config's `train`
+section itself; a choice the config does not offer is an error here too, never another choice.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass(frozen=True)
-class LossSettings:
-    loss_type: str  # grpo | dapo | dr_grpo
-    beta: float
-    kl_estimator: str  # k2 | k3 (trainer.config.KL_ESTIMATORS)
-    epsilon_low: float
-    epsilon_high: float
-    max_length: int  # completion tokens per row (Dr. GRPO's constant L_max)
-    importance_sampling_cap: float = 0.0  # 0: off
+from trainer.config import KlEstimator, LossType, TrainSection
 
 
-def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: str) -> jax.Array:
+def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: KlEstimator) -> jax.Array:
     """Per-token KL(pi || pi_ref) penalty on tokens x sampled from pi, whose gradient is, in expectation,
     the gradient of KL(pi || pi_ref) itself.
 
@@ -41,55 +33,68 @@ def kl_divergence(logps_NxC: jax.Array, ref_logps_NxC: jax.Array, estimator: str
     """
     log_ratio = logps_NxC - ref_logps_NxC
     k2 = 0.5 * jnp.square(log_ratio)
-    if estimator == "k2":
-        return k2
-    k3 = jnp.exp(-log_ratio) + log_ratio - 1.0
-    return k2 + jax.lax.stop_gradient(k3 - k2)
+    match estimator:
+        case "k2":
+            return k2
+        case "k3":
+            k3 = jnp.exp(-log_ratio) + log_ratio - 1.0
+            return k2 + jax.lax.stop_gradient(k3 - k2)
+    raise ValueError(f"kl_estimator: expected one of {', '.join(typing.get_args(KlEstimator))}, received {estimator!r}")
 
 
-def token_weights(mask_NxC: jax.Array, loss_type: str, max_length: int) -> jax.Array:
+def token_weights(mask_NxC: jax.Array, loss_type: LossType) -> jax.Array:
     """grpo: 1/|o_i| per token, averaged over the rows with loss tokens (TRL averages over all rows,
-    empty ones included); dapo: 1/(all loss tokens); dr_grpo: 1/(rows x L_max)."""
+    empty ones included); dapo: 1/(all loss tokens); dr_grpo: 1/(rows x L_max), L_max being the
+    completion width (rollout.max_new_tokens)."""
     mask = mask_NxC.astype(jnp.float32)
-    if loss_type == "dapo":
-        return mask / jnp.maximum(mask.sum(), 1.0)
-    if loss_type == "dr_grpo":
-        return mask / (mask.shape[0] * max_length)
-    lengths_N = mask.sum(axis=1, keepdims=True)
-    rows = jnp.maximum((lengths_N > 0).sum(), 1)
-    return mask / jnp.maximum(lengths_N, 1.0) / rows
+    match loss_type:
+        case "dapo":
+            return mask / jnp.maximum(mask.sum(), 1.0)
+        case "dr_grpo":
+            return mask / mask.size
+        case "grpo":
+            lengths_N = mask.sum(axis=1, keepdims=True)
+            rows = jnp.maximum((lengths_N > 0).sum(), 1)
+            return mask / jnp.maximum(lengths_N, 1.0) / rows
+    raise ValueError(f"loss_type: expected one of {', '.join(typing.get_args(LossType))}, received {loss_type!r}")
 
 
 def per_token_loss(logps_NxC, old_logps_NxC, advantages_N, ref_logps_NxC, rollout_logps_NxC, generated_NxC,
-                   settings: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   train: TrainSection) -> tuple[jax.Array, dict[str, jax.Array]]:
     """-min(r A, clip(r, 1-eps_low, 1+eps_high) A) [x truncated IS weight] + beta KL, per token.
 
-    ref_logps / rollout_logps are ignored when beta == 0 / importance sampling is off. Positions outside
-    generated_NxC (padding after the stop token) may hold anything: every input there is replaced by the
-    current log-prob before any exp, so they compute ratio 1 and KL 0, never inf * 0 = NaN.
+    ref_logps are read only when beta > 0, rollout_logps only when importance sampling is on; either may
+    be None otherwise. Positions outside generated_NxC (padding after the stop token) may hold anything:
+    every input there is replaced by the current log-prob before any exp, so they compute ratio 1 and
+    KL 0, never inf * 0 = NaN.
     """
     generated = jnp.asarray(generated_NxC).astype(bool)
     current = jax.lax.stop_gradient(logps_NxC)
     old = jnp.where(generated, old_logps_NxC, current)
-    ref = jnp.where(generated, ref_logps_NxC, current)
-    rollout = jnp.where(generated, rollout_logps_NxC, old)
     ratio = jnp.exp(logps_NxC - old)
     adv = advantages_N[:, None]
-    clipped_ratio = jnp.clip(ratio, 1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)
+    clipped_ratio = jnp.clip(ratio, 1.0 - train.epsilon_low, 1.0 + train.epsilon_high)
     surrogate = jnp.minimum(ratio * adv, clipped_ratio * adv)
-    if settings.importance_sampling_cap > 0:
-        is_weight = jnp.minimum(jnp.exp(old - rollout), settings.importance_sampling_cap)
-        surrogate = surrogate * jax.lax.stop_gradient(is_weight)
+    if train.importance_sampling_cap > 0:
+        surrogate = surrogate * importance_weight(old, rollout_logps_NxC, generated, train.importance_sampling_cap)
     loss = -surrogate
     stats = {
-        "clip_low": ((ratio < 1.0 - settings.epsilon_low) & (adv < 0)).astype(jnp.float32),
-        "clip_high": ((ratio > 1.0 + settings.epsilon_high) & (adv > 0)).astype(jnp.float32),
+        "clip_low": ((ratio < 1.0 - train.epsilon_low) & (adv < 0)).astype(jnp.float32),
+        "clip_high": ((ratio > 1.0 + train.epsilon_high) & (adv > 0)).astype(jnp.float32),
     }
-    if settings.beta > 0:
-        kl = kl_divergence(logps_NxC, ref, settings.kl_estimator)
-        loss = loss + settings.beta * kl
+    if train.beta > 0:
+        kl = kl_divergence(logps_NxC, jnp.where(generated, ref_logps_NxC, current), train.kl_estimator)
+        loss = loss + train.beta * kl
         stats["kl"] = kl
     return loss, stats
+
+
+def importance_weight(old_logps_NxC, rollout_logps_NxC, generated_NxC, cap: float) -> jax.Array:
+    """The truncated importance weight min(pi_old / pi_rollout, cap) per token, held constant (1 on padding)."""
+    if rollout_logps_NxC is None:
+        raise ValueError("train.importance_sampling_cap > 0 needs the rollout backend's log-probs; it returned none")
+    rollout = jnp.where(generated_NxC, rollout_logps_NxC, old_logps_NxC)
+    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(old_logps_NxC - rollout), cap))
 
 
 def token_logps_and_entropy(logits_NxCxV: jax.Array, tokens_NxC: jax.Array,

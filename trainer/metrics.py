@@ -1,12 +1,55 @@
-"""The step line the SOP greps for, and W&B logging that never stops a run."""
+"""What a step reports: its metrics under TRL's names, the phase timers, the step line the SOP greps for,
+and W&B logging that never stops a run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from trainer.config import WandbSection
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Adds the seconds the block takes to seconds[name]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def step_metrics(update: dict[str, Any], rewards_N: np.ndarray, group_size: int, reward_means: dict[str, float],
+                 reward_errors: int, lengths_N: np.ndarray, truncated_N: np.ndarray, learning_rate: float,
+                 step_s: float) -> dict[str, float]:
+    """One step's metrics, as floats under the names TRL logs, from the update's (float32 scalars) and every
+    process's rows (rewards, completion lengths, truncation)."""
+    group_std = rewards_N.reshape(-1, group_size).std(axis=1)
+    metrics = {
+        "loss": float(update["loss"]), "entropy": float(update["entropy"]), "grad_norm": float(update["grad_norm"]),
+        "clip_ratio/low_mean": float(update["clip_low"]), "clip_ratio/high_mean": float(update["clip_high"]),
+        "clip_ratio/region_mean": float(update["clip_low"] + update["clip_high"]),
+        "learning_rate": learning_rate,
+        "reward": float(rewards_N.mean()), "reward_std": float(rewards_N.std()),
+        "frac_reward_zero_std": float((group_std == 0).mean()),
+        "completions/mean_length": float(lengths_N.mean()), "completions/min_length": float(lengths_N.min()),
+        "completions/max_length": float(lengths_N.max()), "completions/clipped_ratio": float(truncated_N.mean()),
+        "throughput/completion_tokens_per_s": float(lengths_N.sum() / step_s),
+        "reward_errors": float(reward_errors),
+    }
+    metrics |= {f"rewards/{name}/mean": mean for name, mean in reward_means.items()}
+    if "kl" in update:
+        metrics["kl"] = float(update["kl"])
+    if "mismatch" in update:  # the rollout engine's log-probs against the trainer's, before the first update
+        metrics |= {"rollout/logprob_mismatch_mean": float(update["mismatch"]),
+                    "rollout/logprob_mismatch_max": float(update["mismatch_max"])}
+    return metrics
 
 
 def _no_negative_zero(value: float, digits: int) -> float:

@@ -22,8 +22,6 @@ completion lengths, as the SOP's expected step line shows (upstream's token-leve
 
 from __future__ import annotations
 
-from trainer.config import ConfigError
-
 GSM8K_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think about the reasoning process and then give the answer. "
     "Enclose the reasoning in <think> </think> tags and the final number in <answer> </answer> tags, "
@@ -41,8 +39,8 @@ PRESETS: dict[str, dict] = {
         "out_dir": "runs/smoke",
         "model": {"param_dtype": "auto", "remat": True},  # bfloat16 for 7B on a v4-8: see the docstring
         "data": {"source": "gsm8k", "system_prompt": GSM8K_SYSTEM_PROMPT},
-        "rollout": {"backend": "sglang_jax", "batch_size": 1, "num_pre_q": 4, "global_length": 512,
-                    "max_length_sample": 64},
+        "rollout": {"backend": "sglang_jax", "batch_size": 1, "group_size": 4, "prompt_length": 512,
+                    "max_new_tokens": 64},
         "train": {"beta": 0.0, "micro_batch_size": 4, "loss_type": "grpo", "epsilon_high": 0.3},
         "optim": {"name": "lion", "learning_rate": 1e-6, "warmup_steps": 0, "weight_decay": 0.0},
         "reward": {"weights": GSM8K_REWARDS},
@@ -54,8 +52,8 @@ PRESETS: dict[str, dict] = {
         "out_dir": "runs/gsm8k-qwen2.5-1.5b",
         "model": {"remat": True},
         "data": {"source": "gsm8k", "system_prompt": GSM8K_SYSTEM_PROMPT},
-        "rollout": {"backend": "sglang_jax", "batch_size": 32, "num_pre_q": 8, "global_length": 384,
-                    "max_length_sample": 512, "temperature": 1.0},
+        "rollout": {"backend": "sglang_jax", "batch_size": 32, "group_size": 8, "prompt_length": 384,
+                    "max_new_tokens": 512, "temperature": 1.0},
         "train": {"loss_type": "dapo", "beta": 0.0, "micro_batch_size": 16, "epsilon_high": 0.28},
         "optim": {"name": "adamw", "learning_rate": 1e-6, "warmup_steps": 10, "weight_decay": 0.0,
                   "min_lr_ratio": 0.1},
@@ -65,9 +63,3 @@ PRESETS: dict[str, dict] = {
         "wandb": {"mode": "online"},
     },
 }
-
-
-def preset_overrides(name: str) -> dict:
-    if name not in PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)}, received {name!r}")
-    return PRESETS[name]

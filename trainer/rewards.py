@@ -22,19 +22,21 @@ Before extraction, number spellings from LaTeX are made plain: `\\$` -> `$`, `{,
 space between digit groups (`1\\,000`) is dropped, and the Unicode minus becomes `-`. Like math-verify,
 the rules accept a percentage for the bare number and the reverse (`25%` for gold 25).
 
-`score_completions` applies the weighted set; a reward function that raises scores -1 for that sample
-and the run goes on.
+`score_completions` applies the weighted set (built-in names, or `package.module:function` for a reward
+of your own); a reward function that raises scores -1 for that sample and the run goes on. math-verify
+is imported on first use, so validating a config's reward names (`trainer --print-config`) does not
+load it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from math_verify import parse, verify
 
 _NUMBER = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 _STRICT = re.compile(r"####\s*\$?\s*(" + _NUMBER + ")")
@@ -45,7 +47,6 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _THIN_SPACE_IN_NUMBER = re.compile(r"(?<=\d)\\[,!;: ](?=\d{3}(?!\d))")
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-MODES = ("strict", "boxed", "flexible", "any")
 
 
 def normalize_numbers(text: str) -> str:
@@ -111,30 +112,40 @@ def _marked(text: str) -> list[str]:
 
 def candidates(completion: str, mode: str) -> Iterator[str]:
     """The mode's candidate final answers, in order of precedence (see the module docstring)."""
-    if mode == "any":
-        block = extract_answer_tag(completion)
-        if block is not None:
-            yield from _marked(block)
-            yield normalize_numbers(block)
-        yield from _marked(completion)
-        extractors = (extract_flexible,)
-    else:
-        extractors = {"strict": (extract_strict,), "boxed": (extract_boxed,), "flexible": (extract_flexible,)}[mode]
-    for extract in extractors:
-        candidate = extract(completion)
-        if candidate is not None:
-            yield candidate
+    match mode:
+        case "any":
+            block = extract_answer_tag(completion)
+            if block is not None:
+                yield from _marked(block)
+                yield normalize_numbers(block)
+            yield from _marked(completion)
+            extract = extract_flexible
+        case "strict":
+            extract = extract_strict
+        case "boxed":
+            extract = extract_boxed
+        case "flexible":
+            extract = extract_flexible
+        case _:
+            raise ValueError(f"reward.correctness_mode: expected strict, boxed, flexible or any, received {mode!r}")
+    candidate = extract(completion)
+    if candidate is not None:
+        yield candidate
 
 
 @functools.lru_cache(maxsize=8192)
 def parsed_value(text: str) -> tuple:
     """What math-verify reads from text: () when it finds no mathematical value (only strings)."""
+    from math_verify import parse
+
     values = tuple(parse(text))
     return values if values and not isinstance(values[0], str) else ()
 
 
 @functools.lru_cache(maxsize=8192)
 def answers_match(candidate: str, gold: str) -> bool:
+    from math_verify import verify
+
     return bool(verify(list(parsed_value(gold)), list(parsed_value(candidate))))
 
 
@@ -165,25 +176,47 @@ class RewardScores:
     num_errors: int  # (sample, function) pairs that raised and scored -1
 
 
-def reward_functions(correctness_mode: str) -> dict[str, Callable[[str, str], float]]:
-    return {
-        "correctness": functools.partial(correctness_reward, mode=correctness_mode),
-        "format": format_reward,
-        "tag_count": tag_count_reward,
-    }
+REWARD_NAMES = ("correctness", "format", "tag_count")  # the built-in rewards
+
+
+def import_reward(path: str) -> Callable[[str, str], float] | None:
+    """The function `package.module:function` names (called as f(completion, gold) -> float), or None."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        return None
+    try:
+        function = getattr(importlib.import_module(module_name), attribute, None)
+    except ImportError:
+        return None
+    return function if callable(function) else None
+
+
+def reward_function(name: str, correctness_mode: str) -> Callable[[str, str], float]:
+    """A built-in reward by name, or the function a `package.module:function` name imports."""
+    match name:
+        case "correctness":
+            return functools.partial(correctness_reward, mode=correctness_mode)
+        case "format":
+            return format_reward
+        case "tag_count":
+            return tag_count_reward
+    function = import_reward(name)
+    if function is None:
+        raise ValueError(f"reward {name!r}: neither built-in nor an importable module:function")
+    return function
 
 
 def score_completions(completions: list[str], golds: list[str], weights: dict[str, float],
                       correctness_mode: str = "any") -> RewardScores:
-    functions = reward_functions(correctness_mode)
     by_name, errors = {}, 0
     for name, weight in weights.items():
         if weight == 0:
             continue
+        function = reward_function(name, correctness_mode)
         scores = np.zeros(len(completions), np.float32)
         for i, (completion, gold) in enumerate(zip(completions, golds, strict=True)):
             try:
-                scores[i] = functions[name](completion, gold)
+                scores[i] = function(completion, gold)
             except Exception:  # one bad sample must not end a long run: it scores -1
                 scores[i], errors = -1.0, errors + 1
         by_name[name] = scores

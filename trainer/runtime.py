@@ -1,4 +1,5 @@
-"""Process start-up: .env, CPU device count, multi-host initialisation, the mesh.
+"""This process within the run: start-up (.env, CPU device count, multi-host initialisation, the mesh),
+then what the run asks of it: its block of each step's rows, and its devices' memory.
 
 Multi-host: with JAX_NUM_PROCESSES > 1 in the environment, `jax.distributed.initialize` gets the
 coordinator (JAX_COORDINATOR_ADDRESS), process count and id (JAX_PROCESS_ID) explicitly, with a
@@ -36,6 +37,12 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.process_index == 0
+
+    def this_process_rows(self, total_rows: int) -> slice:
+        """This process's block of rows that all processes generate, score and train on together: blocks are
+        contiguous and in process order, as `sharding.global_rows` assembles them."""
+        per_process = total_rows // self.process_count
+        return slice(self.process_index * per_process, (self.process_index + 1) * per_process)
 
 
 def _env_int(name: str, environ) -> int:
@@ -80,6 +87,17 @@ def device_memory_bytes(platform: str) -> int:
     return int(stats.get("bytes_limit", 0))
 
 
+def free_device_bytes(platform: str) -> int:
+    """What one local device has free now: its limit less what is in use on an accelerator; on CPU, the
+    host's available memory."""
+    if platform == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0))
+
+
 def check_rows_fit_devices(config: TrainerConfig, mesh: Mesh) -> None:
     data_parallel = sharding.data_parallel_size(mesh)
     if config.train.micro_batch_size % data_parallel:
@@ -87,5 +105,5 @@ def check_rows_fit_devices(config: TrainerConfig, mesh: Mesh) -> None:
                           f"devices (dp x fsdp of mesh_shape {config.mesh_shape}), "
                           f"received {config.train.micro_batch_size}")
     if config.rows % jax.process_count():
-        raise ConfigError(f"rollout.batch_size: expected batch_size x num_pre_q ({config.rows}) to divide "
+        raise ConfigError(f"rollout.batch_size: expected batch_size x group_size ({config.rows}) to divide "
                           f"over {jax.process_count()} processes, received {config.rollout.batch_size}")

@@ -49,13 +49,6 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["dp"] * mesh.shape["fsdp"]
 
 
-def _path_string(path) -> str:
-    parts = []
-    for key in path:
-        parts.append(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))))
-    return "/".join(parts)
-
-
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     for pattern, spec in PARTITION_RULES:
         if re.search(pattern, path) and len(spec) == len(shape):
@@ -68,7 +61,8 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
 def tree_shardings(tree, mesh: Mesh):
     """NamedShardings for any tree whose leaf paths end like parameter paths (params, optimizer state)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, spec_for(_path_string(path), tuple(leaf.shape), mesh)), tree)
+        lambda path, leaf: NamedSharding(mesh, spec_for(jax.tree_util.keystr(path, simple=True, separator="/"),
+                                                        tuple(leaf.shape), mesh)), tree)
 
 
 def put_tree(host_tree, shardings):

@@ -1,12 +1,14 @@
 """The jitted update: micro-batch gradient accumulation with `lax.scan`, then one optax step.
 
 The state is donated, so parameters and optimizer moments are updated in place. Every array has a
-fixed shape ([rows, prompt bucket] and [rows, new tokens]) so the step compiles once.
+fixed shape ([rows, prompt bucket] and [rows, new tokens]) so the step compiles once. Log-probs a
+batch does not have are None, and the step is traced for the batch's structure: without old log-probs
+the ratio's denominator is the detached current policy (mu = 1), without rollout log-probs there is
+no mismatch to measure.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -17,10 +19,9 @@ import optax
 from jax.sharding import Mesh
 
 from trainer import sharding
-from trainer.config import OptimSection
-from trainer.losses import LossSettings, per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import Qwen2ForCausalLM
-from trainer.sampling import prompt_positions
+from trainer.config import OptimSection, TrainSection
+from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
+from trainer.model.qwen2 import Qwen2ForCausalLM, prompt_positions
 
 
 @flax.struct.dataclass
@@ -38,9 +39,9 @@ class TrainBatch:
     completion_mask_NxC: jax.Array  # every generated token (stop token included): what the statistics cover
     loss_mask_NxC: jax.Array  # generated tokens that count in the loss
     advantages_N: jax.Array
-    old_logps_NxC: jax.Array  # used when num_iterations > 1 or importance sampling is on
-    ref_logps_NxC: jax.Array  # used when beta > 0
-    rollout_logps_NxC: jax.Array  # the engine's log-probs: the importance weight and the logged mismatch
+    old_logps_NxC: jax.Array | None = None  # pi_old, when num_iterations > 1 or importance sampling is on
+    ref_logps_NxC: jax.Array | None = None  # pi_ref, when beta > 0
+    rollout_logps_NxC: jax.Array | None = None  # the engine's: the importance weight and the logged mismatch
 
 
 def learning_rate_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
@@ -53,10 +54,13 @@ def learning_rate_schedule(optim: OptimSection, total_steps: int) -> optax.Sched
 
 def make_optimizer(optim: OptimSection, total_updates: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(optim, total_updates)
-    if optim.name == "lion":
-        update = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
-    else:
-        update = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+    match optim.name:
+        case "adamw":
+            update = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+        case "lion":
+            update = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+        case _:
+            raise ValueError(f"optim.name: expected adamw or lion, received {optim.name!r}")
     if optim.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), update)
     return update
@@ -108,37 +112,35 @@ def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
     return jnp.swapaxes(x.reshape(rows, num_micro, *x.shape[1:]), 0, 1)
 
 
-def _loss_fn(params, micro: TrainBatch, weights_NxC, model, settings: LossSettings, temperature: float,
-             use_old_logps: bool):
+def _loss_fn(params, micro: TrainBatch, weights_NxC, model, train: TrainSection, temperature: float):
+    """The micro-batch's weighted loss; the sums of its per-token statistics over every generated token
+    and their maxima."""
     logps, entropy = completion_logps(model, params, micro.prompt_ids_NxP, micro.prompt_mask_NxP,
                                       micro.completion_ids_NxC, temperature)
-    old = micro.old_logps_NxC if use_old_logps else jax.lax.stop_gradient(logps)
+    old = jax.lax.stop_gradient(logps) if micro.old_logps_NxC is None else micro.old_logps_NxC
     generated = micro.completion_mask_NxC
     per_token, stats = per_token_loss(logps, old, micro.advantages_N, micro.ref_logps_NxC,
-                                      micro.rollout_logps_NxC, generated, settings)
+                                      micro.rollout_logps_NxC, generated, train)
     stats["entropy"] = jax.lax.stop_gradient(entropy)
-    # Before any update of the step this policy is the one that sampled: the engine should agree with it.
-    mismatch = jnp.where(generated > 0, jnp.abs(jax.lax.stop_gradient(logps) - micro.rollout_logps_NxC), 0.0)
-    sums = {name: jnp.sum(value * generated) for name, value in stats.items()} | {"mismatch": jnp.sum(mismatch)}
-    return jnp.sum(per_token * weights_NxC), (sums, {"mismatch": jnp.max(mismatch)})
+    maxes = {}
+    if micro.rollout_logps_NxC is not None:
+        # Before any update of the step this policy is the one that sampled: the engine should agree with it.
+        stats["mismatch"] = jnp.abs(jax.lax.stop_gradient(logps) - micro.rollout_logps_NxC)
+        maxes["mismatch"] = jnp.max(jnp.where(generated > 0, stats["mismatch"], 0.0))
+    sums = {name: jnp.sum(jnp.where(generated > 0, value, 0.0)) for name, value in stats.items()}
+    return jnp.sum(per_token * weights_NxC), (sums, maxes)
 
 
-def stat_names(settings: LossSettings) -> tuple[str, ...]:
-    """Per-token statistics the loss sums over every generated token (see _loss_fn)."""
-    return ("clip_low", "clip_high", "entropy", "mismatch") + (("kl",) if settings.beta > 0 else ())
-
-
-def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransformation, settings: LossSettings,
-                    num_micro: int, temperature: float, use_old_logps: bool, state_shardings, mesh: Mesh):
+def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransformation, train: TrainSection,
+                    num_micro: int, temperature: float, state_shardings, mesh: Mesh):
     """The jitted update. Its metrics: loss, grad_norm, and means over every generated token (the loss
     mask aside, so a step whose groups all drop out still shows the policy) of the clip indicators,
     entropy, KL, and the |rollout - trainer| log-prob gap of this forward (`mismatch`, with its max)."""
-    loss_and_grad = jax.value_and_grad(
-        functools.partial(_loss_fn, model=model, settings=settings, temperature=temperature,
-                          use_old_logps=use_old_logps), has_aux=True)
+    loss_fn = functools.partial(_loss_fn, model=model, train=train, temperature=temperature)
+    loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: TrainBatch):
-        weights_NxC = token_weights(batch.loss_mask_NxC, settings.loss_type, settings.max_length)
+        weights_NxC = token_weights(batch.loss_mask_NxC, train.loss_type)
         micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro), (batch, weights_NxC))
 
         def accumulate(carry, micro):
@@ -147,15 +149,16 @@ def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransforma
             return (jax.tree.map(jnp.add, grads, micro_grads), loss + micro_loss,
                     jax.tree.map(jnp.add, sums, micro_sums), jax.tree.map(jnp.maximum, maxes, micro_maxes)), None
 
+        _, stats_shape = jax.eval_shape(loss_fn, state.params, *jax.tree.map(lambda x: x[0], micro_batches))
         init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0),
-                {name: jnp.float32(0.0) for name in stat_names(settings)}, {"mismatch": jnp.float32(0.0)})
+                *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
         (grads, loss, sums, maxes), _ = jax.lax.scan(accumulate, init, micro_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         tokens = jnp.maximum(batch.completion_mask_NxC.sum(), 1.0)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "mismatch_max": maxes["mismatch"]}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         metrics |= {name: value / tokens for name, value in sums.items()}
-        return TrainState(state.step + 1, params, opt_state), metrics
+        metrics |= {f"{name}_max": value for name, value in maxes.items()}
+        return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=(0,),
                    out_shardings=(state_shardings, sharding.replicated(mesh)))
@@ -169,13 +172,6 @@ def init_state(params, optimizer: optax.GradientTransformation, mesh: Mesh):
     return state, shardings
 
 
-def loss_settings(train, max_length: int) -> LossSettings:
-    return LossSettings(loss_type=train.loss_type, beta=train.beta, kl_estimator=train.kl_estimator,
-                        epsilon_low=train.epsilon_low, epsilon_high=train.epsilon_high, max_length=max_length,
-                        importance_sampling_cap=train.importance_sampling_cap)
-
-
-def batch_from_host(host: dict, mesh: Mesh) -> TrainBatch:
-    """A TrainBatch of global arrays from this process's rows (numpy)."""
-    return TrainBatch(**{field.name: sharding.global_rows(host[field.name], mesh)
-                         for field in dataclasses.fields(TrainBatch)})
+def global_batch(host: TrainBatch, mesh: Mesh) -> TrainBatch:
+    """A TrainBatch of global arrays from one of this process's rows (numpy); None stays None."""
+    return jax.tree.map(lambda rows: sharding.global_rows(rows, mesh), host)

@@ -2,12 +2,10 @@
 on CPU, several CPU devices, and a simulated two-host pod."""
 
 import json
-import signal
-import subprocess
-import sys
 
 import numpy as np
-from trainer_testlib import run_pod, run_trainer, step_lines, subprocess_env
+
+from tests.trainer.helpers import run_pod, run_trainer, sigterm_at_step, start_trainer, step_lines
 
 
 def test_cpu_tiny_learns_synthetic_sums_by_rl_alone(tmp_path):
@@ -24,19 +22,11 @@ def test_cpu_tiny_learns_synthetic_sums_by_rl_alone(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(tmp_path):
     out_dir = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-m", "trainer", "--set", f"out_dir={out_dir}", "--set", "steps=1000"],
-                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    seen = []
-    for line in child.stdout:
-        seen.append(line)
-        if line.startswith("step=2 "):
-            child.send_signal(signal.SIGTERM)
-            break
-    rest, stderr = child.communicate(timeout=300)
+    child = start_trainer(["--set", f"out_dir={out_dir}", "--set", "steps=1000"], cwd=tmp_path)
+    stdout, stderr = sigterm_at_step(child, 2)
     assert child.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr
-    saved = [line for line in (seen + rest.splitlines()) if line.startswith("SIGTERM: saved checkpoint ")]
+    saved = [line for line in stdout.splitlines() if line.startswith("SIGTERM: saved checkpoint ")]
     assert len(saved) == 1
     saved_step = int(saved[0].split()[3])
     assert saved_step in (3, 4)  # after step 2, or after step 3 if the signal landed once it had begun
@@ -64,7 +54,7 @@ def test_smoke_preset_on_cpu_with_a_local_model_and_data(tmp_path, tiny_model_di
                           "--set", f"out_dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m.group(1) for m in step_lines(result.stdout)] == ["0"]
-    assert "  global_length: 512\n  max_length_sample: 64\n" in result.stdout
+    assert "  prompt_length: 512\n  max_new_tokens: 64\n" in result.stdout
     # Memory allows here: float32 master weights, so Lion's updates at 1e-6 are kept and nothing warns.
     assert "\nmodel:\n  dtype: float32\n  param_dtype: float32\n" in result.stdout
     assert "warning:" not in result.stdout + result.stderr

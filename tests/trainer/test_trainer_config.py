@@ -6,20 +6,20 @@ import sys
 
 import pytest
 import yaml
-from trainer_testlib import run_trainer
 
+from tests.trainer.helpers import run_trainer
 from trainer.config import ConfigError, TrainerConfig, build, load_config, to_yaml
 from trainer.presets import PRESETS
 
 
 def test_precedence_defaults_preset_yaml_set_env(tmp_path):
     config_file = tmp_path / "run.yaml"
-    config_file.write_text("steps: 5\nrollout:\n  num_pre_q: 2\n  global_length: 64\n")
-    config = load_config("smoke", str(config_file), ["rollout.num_pre_q=4", "steps=7"],
+    config_file.write_text("steps: 5\nrollout:\n  group_size: 2\n  prompt_length: 64\n")
+    config = load_config("smoke", str(config_file), ["rollout.group_size=4", "steps=7"],
                          environ={"STEPS": "9", "MODEL_PATH": "/models/qwen"})
     assert config.rollout.backend == "sglang_jax"  # from the preset
-    assert config.rollout.global_length == 64  # the file beat the preset's 512
-    assert config.rollout.num_pre_q == 4  # --set beat the file
+    assert config.rollout.prompt_length == 64  # the file beat the preset's 512
+    assert config.rollout.group_size == 4  # --set beat the file
     assert config.steps == 9  # the environment beat --set
     assert config.model_path == "/models/qwen"
     assert config.train.micro_batch_size == 4  # untouched preset value
@@ -34,12 +34,13 @@ def test_yaml_file_expands_environment_variables(tmp_path, monkeypatch):
 
 def test_upstream_environment_names_map_to_keys():
     environ = {"ROLLOUT_BACKEND": "sglang_jax", "BATCH_SIZE": "2", "NUM_PRE_Q": "4", "MAX_LENGTH_SAMPLE": "16",
+               "GLOBAL_LENGTH": "96",
                "BETA": "0.04", "WANDB_PROJECT": "p", "WANDB_NAME": "n", "SGLANG_JAX_MAX_TOTAL_TOKENS": "4096",
                "SGLANG_JAX_MEM_FRACTION_STATIC": "0.1", "SGLANG_JAX_DTYPE": "bfloat16",
                "SGLANG_JAX_CONTEXT_LENGTH": "512", "TRAIN_UNRELATED": "x"}
     config = load_config(None, sets=["train.micro_batch_size=8"], environ=environ)
-    assert (config.rollout.backend, config.rollout.batch_size, config.rollout.num_pre_q) == ("sglang_jax", 2, 4)
-    assert config.rollout.max_length_sample == 16 and config.train.beta == 0.04
+    assert (config.rollout.backend, config.rollout.batch_size, config.rollout.group_size) == ("sglang_jax", 2, 4)
+    assert (config.rollout.max_new_tokens, config.rollout.prompt_length, config.train.beta) == (16, 96, 0.04)
     assert (config.wandb.project, config.wandb.name) == ("p", "n")
     sglang = config.rollout.sglang
     assert (sglang.max_total_tokens, sglang.mem_fraction_static, sglang.dtype, sglang.context_length) == (
@@ -53,8 +54,16 @@ def test_upstream_environment_names_map_to_keys():
     ("train.beta=yes", "train.beta: expected a number, received True"),
     ("train.loss_type=ppo", "train.loss_type: expected one of grpo, dapo, dr_grpo, received 'ppo'"),
     ("train.micro_batch_size=7", "train.micro_batch_size: expected a divisor of rollout.batch_size x "
-                                 "rollout.num_pre_q = 128, received 7"),
-    ("reward.weights.speed=1.0", "reward.weights: expected one of correctness, format, tag_count, received 'speed'"),
+                                 "rollout.group_size = 128, received 7"),
+    ("reward.weights.speed=1.0", "reward.weights: expected a built-in reward (one of correctness, format, "
+                                 "tag_count) or an importable module:function, received 'speed'"),
+    ("reward.weights={'trainer.rewards:no_such_reward': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, "
+     "received 'trainer.rewards:no_such_reward'"),
+    ("reward.weights={'no_such_module_xyz:f': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, received 'no_such_module_xyz:f'"),
+    ("reward.weights={'trainer.rewards:_TAGS': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, received 'trainer.rewards:_TAGS'"),
     ("mesh_shape=2,2", "mesh_shape: expected dp,fsdp,tp"),
     ("rollout.sglang.mem_fraction_static=1.5", "rollout.sglang.mem_fraction_static: expected a number in [0, 1)"),
     ("rollout.temperature=0", "rollout.temperature: expected a positive number"),
@@ -65,13 +74,38 @@ def test_bad_values_name_key_value_and_expectation(assignment, message):
     assert str(error.value).startswith(message)
 
 
+RENAMED = [("rollout.num_pre_q", "rollout.group_size"), ("rollout.global_length", "rollout.prompt_length"),
+           ("rollout.max_length_sample", "rollout.max_new_tokens")]
+
+
+@pytest.mark.parametrize("old, new", RENAMED)
+def test_an_old_key_on_set_or_in_yaml_names_its_new_name(tmp_path, old, new):
+    message = f"{old}: expected its new name {new}, received {old!r}"
+    with pytest.raises(ConfigError) as error:
+        load_config(None, sets=[f"{old}=4"], environ={})
+    assert str(error.value) == message
+    section, key = old.split(".")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"{section}:\n  {key}: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(None, str(config_file), environ={})
+    assert str(error.value) == message
+
+
+def test_an_old_key_exits_2_with_one_line(tmp_path):
+    result = run_trainer(["--print-config", "--set", "rollout.num_pre_q=4"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("config error: rollout.num_pre_q: expected its new name rollout.group_size, "
+                                     "received 'rollout.num_pre_q'")
+
+
 def test_every_preset_is_valid_and_smoke_matches_the_sop():
     for name in PRESETS:
         load_config(name, environ={})
     smoke = load_config("smoke", environ={})
     assert smoke.steps == 1 and smoke.rollout.backend == "sglang_jax"
-    assert (smoke.rollout.batch_size, smoke.rollout.num_pre_q) == (1, 4)
-    assert (smoke.rollout.global_length, smoke.rollout.max_length_sample, smoke.train.beta) == (512, 64, 0.0)
+    assert (smoke.rollout.batch_size, smoke.rollout.group_size) == (1, 4)
+    assert (smoke.rollout.prompt_length, smoke.rollout.max_new_tokens, smoke.train.beta) == (512, 64, 0.0)
 
 
 def test_defaults_are_the_cpu_tiny_preset():

@@ -7,8 +7,8 @@ import signal
 import jax
 import numpy as np
 import pytest
-from trainer_testlib import STEP_LINE, wandb_history
 
+from tests.trainer.helpers import STEP_LINE, wandb_history, wrapping_generate
 from trainer.config import load_config
 from trainer.data import load_gsm8k
 from trainer.loop import train
@@ -32,9 +32,9 @@ def _answer_even_rows(gsm8k_dir):
     return complete
 
 
-def _mock_factory(complete, created: list):
+def _mock_factory(complete, created: list, logp: float | None = None):
     def factory(config, model, runtime, tokenizer, model_dir):
-        created.append(MockBackend(tokenizer, complete))
+        created.append(MockBackend(tokenizer, complete, logp))
         return created[-1]
 
     return factory
@@ -44,8 +44,8 @@ def test_scripted_rollouts_give_the_hand_computed_step_lines_and_wandb_rows(tmp_
                                                                               tiny_model_dir):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "train.loss_type=grpo", "steps=3",
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=24", "rollout.batch_size=4",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "train.loss_type=grpo", "steps=3",
                      "wandb.mode=offline",
                      "wandb.name=unit", "eval.every_steps=3", "eval.batches=2")
     lines, backends = [], []
@@ -84,8 +84,8 @@ def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(t
         return texts[-1]
 
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=24", "rollout.batch_size=4",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", f"train.loss_type={loss_type}")
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=24", "rollout.batch_size=4",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "steps=1", f"train.loss_type={loss_type}")
     lines = []
     train(config, start(config), _mock_factory(recording, backends), out=lines.append)
     lengths = np.array([min(len(backends[0].tokenizer.encode(text)) + 1, 24) for text in texts])  # + stop token
@@ -111,7 +111,7 @@ def test_the_loss_at_one_update_per_batch_is_minus_the_weighted_mean_advantage(t
 ])
 def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, tiny_model_dir, sets, warning):
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "rollout.batch_size=2",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", *sets)
+                     "rollout.group_size=4", "train.micro_batch_size=8", *sets)
     lines = []
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
     assert [line for line in lines if line.startswith("warning:")] == ([warning] if warning else [])
@@ -121,11 +121,11 @@ def test_a_learning_rate_the_weights_cannot_represent_warns_at_start(tmp_path, t
 def test_auto_master_weights_follow_the_device_memory(tmp_path, monkeypatch, tiny_model_dir, device_gib, expected):
     """The smoke preset's `auto` on devices of a given size (a TPU's limit cannot be had here, so the size
     is given): the tiny model's float32 state with Lion is 16 bytes x its parameters."""
-    import trainer.loop as loop_module
-    from trainer.loop import resolve_auto_values
+    import trainer.auto_values as auto_values
+    from trainer.auto_values import resolve_auto_values
     from trainer.model.qwen2 import Qwen2Config
 
-    monkeypatch.setattr(loop_module, "device_memory_bytes", lambda platform: int(device_gib * 2**30))
+    monkeypatch.setattr(auto_values, "device_memory_bytes", lambda platform: int(device_gib * 2**30))
     config = load_config("smoke", sets=[f"model_path={tiny_model_dir}", "rollout.backend=jax",
                                         f"out_dir={tmp_path}"], environ={})
     lines = []
@@ -146,7 +146,7 @@ def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(wandb, "init", refuse)
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=online",
-                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8")
+                     "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8")
     lines = []
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lines.append)
     assert sum(line.startswith("step=0 ") for line in lines) == 1
@@ -156,7 +156,7 @@ def test_wandb_init_failure_warns_and_training_goes_on(tmp_path, monkeypatch, ca
 def test_dynamic_sampling_and_kl_show_in_metrics(tmp_path, monkeypatch, gsm8k_dir, tiny_model_dir):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "steps=1", "wandb.mode=offline",
-                     "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8",
+                     "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
                      "train.dynamic_sampling=true", "train.beta=0.1", "train.num_iterations=2")
     # Every row of every group answers the same: all groups are uninformative and drop out of the loss.
     train(config, start(config), _mock_factory(lambda prompt, row: "#### 1", []), out=lambda line: None)
@@ -199,9 +199,10 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
     monkeypatch.setattr(loop_module, "make_logps_fn", _shifted_logps_fn(calls))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     config = _config(tmp_path, f"model_path={tiny_model_dir}", "data.source=gsm8k", f"data.path={gsm8k_dir}",
-                     "rollout.global_length=384", "rollout.max_length_sample=8", "rollout.batch_size=2",
-                     "rollout.num_pre_q=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
-    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), []), out=lambda line: None)
+                     "rollout.prompt_length=384", "rollout.max_new_tokens=8", "rollout.batch_size=2",
+                     "rollout.group_size=4", "train.micro_batch_size=8", "steps=1", "wandb.mode=offline", *sets)
+    # The engine's log-probs, which the importance weight needs: any value, the weight is not what is checked.
+    train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), [], logp=-1.0), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
     assert len(calls) == separate_forwards
     if not separate_forwards:  # ratio exactly 1: nothing clipped, whatever the other forward says
@@ -213,25 +214,21 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
 def _rollout_logps_off_by(offset: float):
     """The real JAX sampler, reporting log-probs `offset` nats above its own on generated tokens."""
 
-    def factory(*args):
-        backend = make_backend(*args)
-        real_generate = backend.generate
-
-        def generate(*generate_args, **kwargs):
-            out = real_generate(*generate_args, **kwargs)
-            out.logprobs_NxC = out.logprobs_NxC + offset * out.completion_mask_NxC
+    def off_by(generate):
+        def shifted(*args, **kwargs):
+            out = generate(*args, **kwargs)
+            out.logps_NxC = out.logps_NxC + offset * out.completion_mask_NxC
             return out
 
-        backend.generate = generate
-        return backend
+        return shifted
 
-    return factory
+    return wrapping_generate(off_by)
 
 
 @pytest.mark.parametrize("offset, sets", [(0.0, []), (0.25, []), (0.25, ["train.num_iterations=2"])])
 def test_the_rollout_trainer_log_prob_mismatch_is_logged(tmp_path, monkeypatch, offset, sets):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
-    config = _config(tmp_path, "steps=2", "wandb.mode=offline", "rollout.batch_size=2", "rollout.num_pre_q=4",
+    config = _config(tmp_path, "steps=2", "wandb.mode=offline", "rollout.batch_size=2", "rollout.group_size=4",
                      "train.micro_batch_size=8", *sets)
     train(config, start(config), _rollout_logps_off_by(offset), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
@@ -257,20 +254,18 @@ class Crash(Exception):
 def _crashing_after(generates: int):
     """The real JAX sampler, failing on call number generates + 1 (a crash in the middle of a run)."""
 
-    def factory(*args):
-        backend = make_backend(*args)
-        real_generate, calls = backend.generate, []
+    def crashing(generate):
+        calls = []
 
-        def generate(*generate_args, **kwargs):
+        def counted(*args, **kwargs):
             calls.append(1)
             if len(calls) > generates:
                 raise Crash()
-            return real_generate(*generate_args, **kwargs)
+            return generate(*args, **kwargs)
 
-        backend.generate = generate
-        return backend
+        return counted
 
-    return factory
+    return wrapping_generate(crashing)
 
 
 def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(tmp_path):

@@ -1,15 +1,22 @@
 """metrics.jsonl from real trainer runs: the values of the step lines and of W&B, no step missing or twice
 after a SIGTERM and resume or after a crash past a checkpoint, and `trainer report` on the result."""
 
-import signal
 import subprocess
 import sys
 import time
 
 import yaml
-from test_trainer_report import ALWAYS, check_offline_page
-from trainer_testlib import STEP_LINE, run_trainer, subprocess_env, wandb_history
 
+from tests.trainer.helpers import (
+    ALWAYS_PANELS,
+    STEP_LINE,
+    check_offline_page,
+    run_trainer,
+    sigterm_at_step,
+    start_trainer,
+    subprocess_env,
+    wandb_history,
+)
 from trainer.metrics import step_line
 from trainer.metrics_log import FILE_NAME, read_metrics
 
@@ -30,23 +37,11 @@ def as_eval_line(record: dict) -> str:
     return f"eval step={record['step']} pass@1={record['eval/pass@1']:.4f} problems={int(record['eval/num_problems'])}"
 
 
-def start_trainer(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trainer", *args], env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 def test_sigterm_then_resume_leaves_every_step_once_with_the_printed_values(tmp_path):
     out_dir = tmp_path / "run"
-    child = start_trainer("--set", f"out_dir={out_dir}", "--set", "steps=1000")
-    seen = []
-    for line in child.stdout:
-        seen.append(line)
-        if line.startswith("step=2 "):
-            child.send_signal(signal.SIGTERM)
-            break
-    rest, stderr = child.communicate(timeout=300)
+    child = start_trainer(["--set", f"out_dir={out_dir}", "--set", "steps=1000"], cwd=tmp_path)
+    first, stderr = sigterm_at_step(child, 2)
     assert child.returncode == 143, stderr[-3000:]
-    first = "".join(seen) + rest
     saved = int(next(line for line in first.splitlines() if line.startswith("SIGTERM: saved")).split()[3])
     interrupted = read_metrics(out_dir / FILE_NAME)
     assert [r["step"] for r in interrupted.steps] == list(range(saved))
@@ -75,7 +70,7 @@ def _wait_for_step(path, step: int, child: subprocess.Popen, timeout: float = 30
 def test_a_crash_after_a_checkpoint_is_truncated_back_on_resume_and_the_report_renders(tmp_path):
     out_dir = tmp_path / "run"
     args = ["--set", f"out_dir={out_dir}", "--set", "checkpoint.every_steps=3", "--set", "eval.every_steps=2"]
-    child = start_trainer(*args, "--set", "steps=1000")
+    child = start_trainer([*args, "--set", "steps=1000"], cwd=tmp_path)
     _wait_for_step(out_dir / FILE_NAME, 3, child)  # checkpoint 3 is complete: it is saved before step 3 runs
     child.kill()
     first, _ = child.communicate(timeout=60)
@@ -98,7 +93,7 @@ def test_a_crash_after_a_checkpoint_is_truncated_back_on_resume_and_the_report_r
                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     # The built-in sampler returns its log-probs, so the rollout/trainer mismatch panel is drawn too.
-    expected = ALWAYS[:1] + ["eval_pass_at_1"] + ALWAYS[1:4] + ["logprob_mismatch"] + ALWAYS[4:]
+    expected = ALWAYS_PANELS[:1] + ["eval_pass_at_1"] + ALWAYS_PANELS[1:4] + ["logprob_mismatch"] + ALWAYS_PANELS[4:]
     check_offline_page(out_dir / "report" / "report.html", expected)
 
 

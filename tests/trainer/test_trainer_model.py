@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy_qwen2 import NumpyQwen2
 
+from tests.trainer.numpy_qwen2 import NumpyQwen2
 from trainer.data import left_pad
-from trainer.model.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
+from trainer.model.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM, prompt_positions
 from trainer.model.weights import hf_from_params, load_params, params_from_hf, read_hf_tensors
-from trainer.sampling import prompt_positions
 
 # float32 Flax vs float64 NumPy: logits are O(0.1..1); summation-order error stays far below this.
 FLOAT32_TOLERANCE = 2e-4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trainer.advantages import STD_EPS, group_advantages, informative_rows
-from trainer.losses import LossSettings, kl_divergence, per_token_loss, token_logps_and_entropy, token_weights
+from trainer.config import TrainSection
+from trainer.losses import kl_divergence, per_token_loss, token_logps_and_entropy, token_weights
 
 REWARDS = np.array([1, 0, 0, 0, 1, 1, 1, 1], np.float32)
 
@@ -47,20 +48,20 @@ ALL = True  # every token generated (broadcasts over the [rows, tokens] arrays)
     ("dr_grpo", [[1 / 6, 1 / 6, 0], [1 / 6, 0, 0]]),
 ])
 def test_token_weights(loss_type, expected):
-    np.testing.assert_allclose(token_weights(MASK, loss_type, max_length=3), expected, rtol=1e-6)
+    np.testing.assert_allclose(token_weights(MASK, loss_type), expected, rtol=1e-6)
 
 
 def test_grpo_divides_by_the_rows_with_loss_tokens_not_all_rows():
     """An empty row (dropped by dynamic sampling) does not count in grpo's row mean; TRL's mean over all
     3 rows would give [[1/6, 1/6, 0], [1/3, 0, 0], [0, 0, 0]]."""
     mask = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], jnp.float32)
-    np.testing.assert_allclose(token_weights(mask, "grpo", max_length=3), [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]],
+    np.testing.assert_allclose(token_weights(mask, "grpo"), [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]],
                                rtol=1e-6)
 
 
 def _settings(**overrides):
-    base = dict(loss_type="dapo", beta=0.0, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.28, max_length=3)
-    return LossSettings(**(base | overrides))
+    return TrainSection(**(dict(loss_type="dapo", beta=0.0, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.28)
+                           | overrides))
 
 
 def test_clipped_surrogate_per_token():
@@ -94,6 +95,19 @@ def test_truncated_importance_weight():
     loss, _ = per_token_loss(logps, logps, jnp.array([1.0]), logps, rollout, ALL,
                              _settings(importance_sampling_cap=2.0))
     np.testing.assert_allclose(loss, [[-2.0, -1.5]], rtol=1e-5)
+
+
+def test_importance_weight_without_rollout_log_probs_is_refused():
+    logps = jnp.log(jnp.array([[0.3, 0.3]]))
+    with pytest.raises(ValueError, match="importance_sampling_cap > 0 needs the rollout backend's log-probs"):
+        per_token_loss(logps, logps, jnp.array([1.0]), None, None, ALL, _settings(importance_sampling_cap=2.0))
+
+
+@pytest.mark.parametrize("call", [lambda: token_weights(MASK, "token_mean"),
+                                  lambda: kl_divergence(jnp.zeros(1), jnp.zeros(1), "k1")])
+def test_a_choice_the_config_does_not_offer_is_an_error_not_another_choice(call):
+    with pytest.raises(ValueError, match=r"^(loss_type|kl_estimator): expected one of"):
+        call()
 
 
 def test_policy_gradient_at_ratio_one_is_advantage_times_score():

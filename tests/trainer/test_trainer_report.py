@@ -2,24 +2,20 @@
 present, the 1-step and 300-step cases, several runs, smoothing, hostile labels, `trainer report`, and
 that rendering needs neither JAX nor PyYAML."""
 
-import base64
 import io
 import json
 import math
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from trainer_testlib import subprocess_env
 
+from tests.trainer.helpers import ALWAYS_PANELS, check_offline_page, subprocess_env
 from trainer.metrics_log import FILE_NAME, MetricsLog, read_metrics
 from trainer.report import PANELS, ReportError, check_smooth, ema, panel_figure, render_report
 
-ALWAYS = ["reward", "completion_length", "clipped_ratio", "entropy", "grad_norm", "learning_rate", "tokens_per_s",
-          "step_time"]
-WITH_KL = ALWAYS[:4] + ["kl"] + ALWAYS[4:]
+WITH_KL = ALWAYS_PANELS[:4] + ["kl"] + ALWAYS_PANELS[4:]
 EVERY_PANEL = [panel.slug for panel in PANELS]
 
 
@@ -44,23 +40,6 @@ def synthetic_run(out_dir, steps: int, *, kl=False, mismatch=False, eval_every=0
             metrics |= {"eval/pass@1": reward, "eval/num_problems": 16.0}
         log.log(step, metrics)
     return read_metrics(out_dir / FILE_NAME)
-
-
-def embedded_pngs(page: str) -> list[bytes]:
-    return [base64.b64decode(data) for data in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)]
-
-
-def check_offline_page(page_path, expected_slugs: list[str]) -> str:
-    """One embedded image per panel, each equal to the PNG beside the page, and nothing fetched from anywhere."""
-    page = page_path.read_text()
-    pngs = embedded_pngs(page)
-    assert len(pngs) == len(expected_slugs) == page.count("<img ")
-    for slug, png in zip(expected_slugs, pngs, strict=True):
-        assert png.startswith(b"\x89PNG\r\n\x1a\n") and (page_path.parent / f"{slug}.png").read_bytes() == png
-    assert sorted(p.stem for p in page_path.parent.glob("*.png")) == sorted(expected_slugs)
-    assert not re.search(r"<script|<link|@import|url\(|https?:", page, re.IGNORECASE)
-    assert re.findall(r'\ssrc="([^"]{0,22})', page) == ["data:image/png;base64,"] * len(expected_slugs)
-    return page
 
 
 def coloured_pixels(png: bytes, rgb: tuple[int, int, int]) -> int:
@@ -90,7 +69,7 @@ def test_a_300_step_run_with_every_metric_draws_every_panel(tmp_path):
 def test_panels_without_their_metrics_are_left_out_and_a_1_step_run_shows_its_point(tmp_path):
     run = synthetic_run(tmp_path / "run", 1)
     page = render_report([("smoke", run)], tmp_path / "report")
-    check_offline_page(page, ALWAYS)
+    check_offline_page(page, ALWAYS_PANELS)
     # One step, no line to draw between points: the marker is what shows. Entropy is drawn in C0 alone.
     assert coloured_pixels((tmp_path / "report" / "entropy.png").read_bytes(), C0) > 20
 
@@ -99,7 +78,7 @@ def test_a_panel_left_out_on_a_second_render_loses_its_old_png(tmp_path):
     render_report([("a", synthetic_run(tmp_path / "a", 3, kl=True))], tmp_path / "report")
     assert (tmp_path / "report" / "kl.png").exists()
     page = render_report([("b", synthetic_run(tmp_path / "b", 3))], tmp_path / "report")
-    check_offline_page(page, ALWAYS)
+    check_offline_page(page, ALWAYS_PANELS)
 
 
 def test_smoothing_draws_the_average_over_the_raw_points(tmp_path):
@@ -134,7 +113,7 @@ def test_labels_are_plain_text_in_the_legend(tmp_path):
     figure = panel_figure(PANELS[4], runs, smooth=0.0)
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == [
         "_hidden: entropy", r"cost \$\frac{\$ 2: entropy"]
-    check_offline_page(render_report(runs, tmp_path / "report"), ALWAYS)
+    check_offline_page(render_report(runs, tmp_path / "report"), ALWAYS_PANELS)
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, math.nan, math.inf, True, "0.5"])
@@ -185,7 +164,7 @@ def test_trainer_report_renders_run_folders_and_files(tmp_path):
     one = _trainer("report", "a", "--smooth", "0.5", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert one.stdout.strip() == "a/report/report.html"
-    check_offline_page(tmp_path / "a" / "report" / "report.html", ALWAYS)
+    check_offline_page(tmp_path / "a" / "report" / "report.html", ALWAYS_PANELS)
 
     two = _trainer("report", "a", "b/metrics.jsonl", "--out", "cmp", cwd=tmp_path)
     assert two.returncode == 0, two.stderr

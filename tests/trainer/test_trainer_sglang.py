@@ -4,9 +4,6 @@ against analytic values and against the trainer's own log-probs, sizing, and who
 import dataclasses
 import json
 import math
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,23 +12,26 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 import pytest
-from trainer_testlib import run_pod, step_lines, subprocess_env, wandb_history
 
+from tests.trainer.helpers import (
+    run_pod,
+    sigterm_at_step,
+    start_sglang_engine,
+    start_trainer,
+    step_lines,
+    wandb_history,
+    wrapping_generate,
+)
 from trainer.config import ConfigError, load_config
 from trainer.data import left_pad
-from trainer.loop import resolve_auto_values
-from trainer.model.load import build_model
 from trainer.model.qwen2 import Qwen2Config
-from trainer.model.tokenizer import ChatTokenizer
-from trainer.rollout.sglang_jax import (
-    HeadLayout,
-    SglangJaxBackend,
-    match_heads,
-    memory_check_indexes,
-    resolve_engine_section,
-)
+from trainer.model.weights import load_params
+from trainer.rollout.sampling import SamplingSettings
+from trainer.rollout.sglang_jax import SglangJaxBackend
+from trainer.rollout.sglang_jax.patches_0_1_0rc0 import memory_check_indexes
+from trainer.rollout.sglang_jax.settings import resolve_engine_section
+from trainer.rollout.sglang_jax.weights import HeadLayout, engine_tensors, leaves_to_replace, match_heads
 from trainer.runtime import Runtime, start
-from trainer.sampling import SamplingSettings
 from trainer.testing import perf
 from trainer.train_step import completion_logps
 
@@ -43,23 +43,24 @@ FAVOURED, GAP = 123, 6.4
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, sets=[f"model_path={tiny_model_dir}", "rollout.backend=sglang_jax",
-                                     "rollout.batch_size=8", "rollout.num_pre_q=8", "rollout.global_length=48",
-                                     "rollout.max_length_sample=8", f"out_dir={tmp_path_factory.mktemp('run')}"],
-                         environ={})
-    runtime = start(config)
-    config = resolve_auto_values(config, runtime, tiny_model_dir)
-    tokenizer = ChatTokenizer(tiny_model_dir)
-    model, host_params = build_model(tiny_model_dir, config.model, runtime.platform)
-    backend = SglangJaxBackend(config, model.config, runtime, tokenizer, tiny_model_dir)
-    yield backend, model, jax.tree.map(jnp.asarray, host_params), tokenizer
-    backend.shutdown()
+    engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=8",
+                                 "rollout.group_size=8", "rollout.prompt_length=48", "rollout.max_new_tokens=8")
+    yield engine
+    engine[0].shutdown()
 
 
 def _prompts(tokenizer, rows):
     questions = [f"What is {i % 5} + {i % 3}?" for i in range(rows)]
     ids, mask = left_pad([tokenizer.prompt_ids(q, "") for q in questions], 48, tokenizer.pad_id)
     return ids, mask
+
+
+def _push_and_generate(engine, weights, rows: int, settings: SamplingSettings):
+    """Push weights into the engine, then generate for `rows` prompts."""
+    backend, _, _, tokenizer = engine
+    backend.push_weights(weights)
+    ids, mask = _prompts(tokenizer, rows)
+    return backend.generate(ids, mask, settings, seed=0)
 
 
 def _crafted(params, config: Qwen2Config, favoured: int = FAVOURED):
@@ -89,25 +90,21 @@ def _analytic_logps(config: Qwen2Config, scale: float, other: float, favoured: f
 
 
 def test_crafted_weights_make_one_token_the_argmax_with_the_analytic_logprob(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, _ = engine
     crafted, (low, high) = _crafted(params, model.config)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 16)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0), seed=0)
+    out = _push_and_generate(engine, crafted, 16, SamplingSettings(8, temperature=0.0))
     assert (out.completion_ids_NxC == FAVOURED).all() and out.completion_mask_NxC.all()
     first, _ = _analytic_logps(model.config, low, low, high)  # the input is the last prompt token
     later, _ = _analytic_logps(model.config, high, low, high)  # the input is the favoured token itself
-    np.testing.assert_allclose(out.logprobs_NxC[:, 0], first, atol=LOGPROB_TOLERANCE)
-    np.testing.assert_allclose(out.logprobs_NxC[:, 1:], later, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[:, 0], first, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[:, 1:], later, atol=LOGPROB_TOLERANCE)
     assert first == pytest.approx(-math.log(1 + 511 * math.exp(-GAP)), abs=1e-3)  # -0.615 as in the notes
 
 
 def test_sampling_after_a_crafted_push_follows_the_analytic_distribution(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, _ = engine
     crafted, (low, high) = _crafted(params, model.config)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 64)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=1.0), seed=0)
+    out = _push_and_generate(engine, crafted, 64, SamplingSettings(8, temperature=1.0))
     valid = out.completion_mask_NxC.astype(bool)  # a stop token (p ~ 5e-4 per draw) may end a row early
     log_favoured, log_other = _analytic_logps(model.config, high, low, high)
     picked = (out.completion_ids_NxC == FAVOURED) & valid
@@ -115,20 +112,26 @@ def test_sampling_after_a_crafted_push_follows_the_analytic_distribution(engine)
     assert valid.sum() > 400 and abs(picked.sum() / valid.sum() - math.exp(log_favoured)) < 0.07
     # Whatever came before, every favoured draw has the favoured log-prob and every other draw the other
     # one (the RMS norm makes the input scale irrelevant up to eps).
-    np.testing.assert_allclose(out.logprobs_NxC[picked], log_favoured, atol=LOGPROB_TOLERANCE)
-    np.testing.assert_allclose(out.logprobs_NxC[valid & ~picked], log_other, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[picked], log_favoured, atol=LOGPROB_TOLERANCE)
+    np.testing.assert_allclose(out.logps_NxC[valid & ~picked], log_other, atol=LOGPROB_TOLERANCE)
 
 
 def test_stop_token_ends_the_completion_and_stays_in_the_mask(engine):
-    backend, model, params, tokenizer = engine
+    _, model, params, tokenizer = engine
     stop = tokenizer.stop_ids[0]
     crafted, _ = _crafted(params, model.config, favoured=stop)
-    backend.push_weights(crafted)
-    ids, mask = _prompts(tokenizer, 4)
-    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0), seed=0)
+    out = _push_and_generate(engine, crafted, 4, SamplingSettings(8, temperature=0.0))
     assert (out.completion_ids_NxC[:, 0] == stop).all()
     np.testing.assert_array_equal(out.completion_mask_NxC, [[1] + [0] * 7] * 4)
     assert (out.completion_ids_NxC[:, 1:] == tokenizer.pad_id).all()
+
+
+def test_ignore_eos_keeps_generating_after_the_stop_token(engine):
+    _, model, params, tokenizer = engine
+    stop = tokenizer.stop_ids[0]
+    crafted, _ = _crafted(params, model.config, favoured=stop)
+    out = _push_and_generate(engine, crafted, 4, SamplingSettings(8, temperature=0.0, ignore_eos=True))
+    assert (out.completion_ids_NxC == stop).all() and out.completion_mask_NxC.all()
 
 
 def test_engine_logprobs_match_the_trainer_after_a_normal_push(engine):
@@ -140,12 +143,12 @@ def test_engine_logprobs_match_the_trainer_after_a_normal_push(engine):
     trainer_logps, _ = completion_logps(model, nudged, jnp.asarray(ids), jnp.asarray(mask),
                                         jnp.asarray(out.completion_ids_NxC), 0.8)
     valid = out.completion_mask_NxC.astype(bool)
-    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logprobs_NxC[valid])
+    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logps_NxC[valid])
     print(f"engine vs trainer log-prob: max |diff| {diff.max():.2e} over {valid.sum()} tokens")
     assert valid.sum() > 64 and diff.max() < LOGPROB_TOLERANCE
     original, _ = completion_logps(model, params, jnp.asarray(ids), jnp.asarray(mask),
                                    jnp.asarray(out.completion_ids_NxC), 0.8)
-    assert np.abs(np.asarray(original)[valid] - out.logprobs_NxC[valid]).max() > 100 * LOGPROB_TOLERANCE
+    assert np.abs(np.asarray(original)[valid] - out.logps_NxC[valid]).max() > 100 * LOGPROB_TOLERANCE
 
 
 def test_an_idle_engine_does_not_spin_a_core(engine):
@@ -168,8 +171,11 @@ def test_a_push_does_not_recompile_the_engine(engine):
     backend.push_weights(params)
     backend.generate(ids, mask, settings, seed=0)
     backend.generate(ids, mask, settings, seed=1)
+    # The new weights are computed first: the eager multiplies compile too, unless an earlier test left
+    # them in JAX's cache, and they are not the engine's.
+    nudged = jax.block_until_ready(jax.tree.map(lambda x: x * 0.99, params))
     before = perf.compile_count()
-    backend.push_weights(jax.tree.map(lambda x: x * 0.99, params))
+    backend.push_weights(nudged)
     backend.generate(ids, mask, settings, seed=2)
     assert perf.compile_count() == before
     assert backend.timings()["time/engine_weight_push_s"] > 0
@@ -185,11 +191,9 @@ def _tiny_config(tiny_model_dir, *sets):
 
 
 def test_engine_sizes_come_from_the_run(tiny_model_dir):
-    config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.num_pre_q=4", "train.micro_batch_size=8",
-                          "rollout.global_length=100", "rollout.max_length_sample=28")
-    engine = resolve_engine_section(dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                                          dtype="float32")),
-                                    Qwen2Config.from_dir(tiny_model_dir), CPU)
+    config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
+                          "rollout.prompt_length=100", "rollout.max_new_tokens=28", "model.dtype=float32")
+    engine = resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
     assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (129, 8, 8 * 130)
     assert (engine.dtype, engine.kv_cache_dtype, engine.tp_size, engine.attention_backend) == (
         "float32", "float32", 1, "native")
@@ -204,8 +208,7 @@ def test_engine_sizes_come_from_the_run(tiny_model_dir):
     ("rollout.sglang.max_total_tokens=4000000000", "rollout.sglang.max_total_tokens: expected a KV pool that fits"),
 ])
 def test_impossible_engine_sizes_fail_before_the_engine_starts(tiny_model_dir, assignment, message):
-    config = _tiny_config(tiny_model_dir, assignment)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
+    config = _tiny_config(tiny_model_dir, assignment, "model.dtype=float32")
     with pytest.raises(ConfigError) as error:
         resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
     assert str(error.value).startswith(message)
@@ -213,13 +216,22 @@ def test_impossible_engine_sizes_fail_before_the_engine_starts(tiny_model_dir, a
 
 def test_an_engine_smaller_than_its_host_is_refused_on_a_pod(tiny_model_dir):
     """On a pod the push lays the weights out over all of a host's devices, so the engine must use them all."""
-    config = _tiny_config(tiny_model_dir, "rollout.sglang.tp_size=2")
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
+    config = _tiny_config(tiny_model_dir, "rollout.sglang.tp_size=2", "model.dtype=float32")
     second_host_of_two = dataclasses.replace(CPU, process_index=1, process_count=2)
     with pytest.raises(ConfigError) as error:
         resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), second_host_of_two)
     assert str(error.value) == (f"rollout.sglang.tp_size: expected each host's device count "
                                 f"{jax.local_device_count()} (or 0 for it) on a pod, received 2")
+
+
+def test_the_workarounds_refuse_a_version_they_were_not_written_for(monkeypatch):
+    from trainer.rollout.sglang_jax import patches_0_1_0rc0 as patches
+
+    patches.check_version()  # the pinned one
+    monkeypatch.setattr(patches.importlib.metadata, "version", lambda name: "0.1.1")
+    with pytest.raises(RuntimeError, match=r"^sglang-jax 0\.1\.1 is installed; .*patches_0_1_0rc0\.py works around "
+                                           r"0\.1\.0rc0: check each workaround against 0\.1\.1"):
+        patches.check_version()
 
 
 @pytest.mark.parametrize("host, mesh_indexes, expected", [
@@ -254,42 +266,58 @@ def test_match_heads_pads_head_dim_and_repeats_kv_heads():
     assert match_heads(kernel, -1, ours, ours, "kv") is kernel
 
 
+def test_every_engine_tensor_finds_its_leaf_in_a_state_laid_out_like_the_engines(untied_sharded_model_dir):
+    """The mapping without an engine: a state tree with the engine's paths, each tensor an nnx Param's
+    `value`, beside a leaf the push must leave alone."""
+    config = Qwen2Config.from_dir(untied_sharded_model_dir)
+    layout = HeadLayout(config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+    tensors = engine_tensors(load_params(untied_sharded_model_dir, config, np.float32), config, layout, layout)
+    assert len(tensors) == 3 + 12 * config.num_hidden_layers and "lm_head/embedding" in tensors
+    state = {"model": {"rotary_emb": {"cos_sin_cache": {"value": np.zeros(4)}}}}
+    for path, value in tensors.items():
+        node = state
+        for part in path.split("/"):
+            node = node.setdefault(part, {})
+        node["value"] = value
+    leaves = jax.tree.leaves(state)
+    targets = leaves_to_replace(state, tensors)
+    assert sorted(path for _, path in targets) == sorted(tensors)
+    assert all(leaves[index] is tensors[path] for index, path in targets)
+    with pytest.raises(RuntimeError, match=f"weight push: {len(tensors)} of {len(tensors) + 1} tensors found"):
+        leaves_to_replace(state, tensors | {"model/layers/0/mlp/missing/weight": np.zeros(1)})
+
+
 # --- whole runs ----------------------------------------------------------------------------------------
 
 
 def test_an_exception_in_the_loop_still_shuts_the_engine_down(tmp_path, tiny_model_dir):
     from trainer.loop import train
-    from trainer.rollout import make_backend
 
     config = _tiny_config(tiny_model_dir, "steps=3", f"out_dir={tmp_path / 'run'}", "rollout.batch_size=2",
-                          "rollout.num_pre_q=4", "train.micro_batch_size=8")
+                          "rollout.group_size=4", "train.micro_batch_size=8")
     backends = []
 
-    def failing_on_step_1(*args):
-        backend = make_backend(*args)
-        real_generate, calls = backend.generate, []
+    def failing_on_call_2(generate):
+        calls = []
 
-        def generate(*generate_args, **kwargs):
+        def failing(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
                 raise RuntimeError("rollout failed")
-            return real_generate(*generate_args, **kwargs)
+            return generate(*args, **kwargs)
 
-        backend.generate = generate
-        backends.append(backend)
-        return backend
+        backends.append(generate.__self__)
+        return failing
 
     with pytest.raises(RuntimeError, match="rollout failed"):
-        train(config, start(config), failing_on_step_1, out=lambda line: None)
+        train(config, start(config), wrapping_generate(failing_on_call_2), out=lambda line: None)
     assert isinstance(backends[0], SglangJaxBackend) and backends[0].engine is None
 
 
 def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_model_dir):
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=3",
             "--set", f"out_dir={tmp_path / 'run'}"]
-    env = subprocess_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = start_trainer(args, cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-dir"))
     lines, children_during_run = [], None
     for line in child.stdout:
         lines.append(line)
@@ -318,15 +346,10 @@ def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_
 def test_sigterm_with_the_engine_running_saves_and_exits(tmp_path, tiny_model_dir):
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=1000",
             "--set", f"out_dir={tmp_path / 'run'}"]
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=subprocess_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in child.stdout:
-        if line.startswith("step=1 "):
-            child.send_signal(signal.SIGTERM)
-            break
-    rest, stderr = child.communicate(timeout=300)
+    child = start_trainer(args, cwd=tmp_path)
+    stdout, stderr = sigterm_at_step(child, 1)
     assert child.returncode == 143, stderr[-3000:]
-    assert "SIGTERM: saved checkpoint" in rest
+    assert "SIGTERM: saved checkpoint" in stdout
     assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
 
 
@@ -353,7 +376,7 @@ def test_the_hosts_of_a_pod_draw_different_completions_of_one_prompt(tmp_path, t
     host 1. Engines seeded alike would draw the same two completions on both hosts and halve the group."""
     out_dir = tmp_path / "run"
     args = ["--set", f"model_path={tiny_model_dir}", "--set", "rollout.backend=sglang_jax", "--set", "steps=2",
-            "--set", "rollout.batch_size=1", "--set", "rollout.num_pre_q=4", "--set", "train.micro_batch_size=4",
+            "--set", "rollout.batch_size=1", "--set", "rollout.group_size=4", "--set", "train.micro_batch_size=4",
             "--set", f"out_dir={out_dir}", "--set", "distributed_timeout_s=60"]
     outputs = run_pod(args, cwd=tmp_path, program=(str(Path(__file__).parent / "pod_rollouts.py"),))
     for code, _, stderr in outputs:

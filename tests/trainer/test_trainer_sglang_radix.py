@@ -7,14 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.config import load_config
+from tests.trainer.helpers import start_sglang_engine
 from trainer.data import left_pad
-from trainer.loop import resolve_auto_values
-from trainer.model.load import build_model
-from trainer.model.tokenizer import ChatTokenizer
-from trainer.rollout.sglang_jax import SglangJaxBackend
-from trainer.runtime import start
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
 from trainer.train_step import completion_logps
 
 LOGPROB_TOLERANCE = 1e-4  # float32 engine against float32 trainer, as in test_trainer_sglang.py
@@ -22,18 +17,11 @@ LOGPROB_TOLERANCE = 1e-4  # float32 engine against float32 trainer, as in test_t
 
 @pytest.fixture(scope="module")
 def radix_engine(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, sets=[f"model_path={tiny_model_dir}", "rollout.backend=sglang_jax",
-                                     "rollout.batch_size=2", "rollout.num_pre_q=8", "rollout.global_length=48",
-                                     "rollout.max_length_sample=8", "train.micro_batch_size=16",
-                                     "rollout.sglang.disable_radix_cache=false",
-                                     f"out_dir={tmp_path_factory.mktemp('run')}"], environ={})
-    runtime = start(config)
-    config = resolve_auto_values(config, runtime, tiny_model_dir)
-    tokenizer = ChatTokenizer(tiny_model_dir)
-    model, host_params = build_model(tiny_model_dir, config.model, runtime.platform)
-    backend = SglangJaxBackend(config, model.config, runtime, tokenizer, tiny_model_dir)
-    yield backend, model, jax.tree.map(jnp.asarray, host_params), tokenizer
-    backend.shutdown()
+    engine = start_sglang_engine(tiny_model_dir, tmp_path_factory.mktemp("run"), "rollout.batch_size=2",
+                                 "rollout.group_size=8", "rollout.prompt_length=48", "rollout.max_new_tokens=8",
+                                 "train.micro_batch_size=16", "rollout.sglang.disable_radix_cache=false")
+    yield engine
+    engine[0].shutdown()
 
 
 def test_a_push_drops_prefixes_cached_under_the_old_weights(radix_engine):
@@ -49,5 +37,5 @@ def test_a_push_drops_prefixes_cached_under_the_old_weights(radix_engine):
     trainer_logps, _ = completion_logps(model, nudged, jnp.asarray(ids), jnp.asarray(mask),
                                         jnp.asarray(out.completion_ids_NxC), 1.0)
     valid = out.completion_mask_NxC.astype(bool)
-    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logprobs_NxC[valid])
+    diff = np.abs(np.asarray(trainer_logps)[valid] - out.logps_NxC[valid])
     assert valid.sum() > 64 and diff.max() < LOGPROB_TOLERANCE, f"max |diff| {diff.max():.2e}"

@@ -10,15 +10,7 @@ from trainer.config import OptimSection, TrainSection
 from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from trainer.model.weights import load_params
 from trainer.sharding import make_mesh, put_tree, tree_shardings
-from trainer.train_step import (
-    TrainBatch,
-    batch_from_host,
-    init_state,
-    learning_rate_schedule,
-    loss_settings,
-    make_optimizer,
-    make_train_step,
-)
+from trainer.train_step import TrainBatch, global_batch, init_state, learning_rate_schedule, make_optimizer, make_train_step
 
 ROWS, PROMPT, NEW = 8, 6, 5
 
@@ -33,24 +25,22 @@ def setup(tiny_model_dir):
     mask = np.ones((ROWS, NEW), np.float32)
     mask[1, 3:] = 0
     mask[5, 1:] = 0
-    host = {"prompt_ids_NxP": rng.integers(3, 400, (ROWS, PROMPT)).astype(np.int32),
-            "prompt_mask_NxP": np.ones((ROWS, PROMPT), np.int32),
-            "completion_ids_NxC": rng.integers(3, 400, (ROWS, NEW)).astype(np.int32), "loss_mask_NxC": mask,
-            "completion_mask_NxC": mask.copy(),
-            "advantages_N": rng.standard_normal(ROWS).astype(np.float32),
-            "old_logps_NxC": np.zeros((ROWS, NEW), np.float32),
-            "ref_logps_NxC": np.full((ROWS, NEW), -6.0, np.float32),
-            "rollout_logps_NxC": np.zeros((ROWS, NEW), np.float32)}
+    host = TrainBatch(prompt_ids_NxP=rng.integers(3, 400, (ROWS, PROMPT)).astype(np.int32),
+                      prompt_mask_NxP=np.ones((ROWS, PROMPT), np.int32),
+                      completion_ids_NxC=rng.integers(3, 400, (ROWS, NEW)).astype(np.int32),
+                      completion_mask_NxC=mask.copy(), loss_mask_NxC=mask,
+                      advantages_N=rng.standard_normal(ROWS).astype(np.float32),
+                      ref_logps_NxC=np.full((ROWS, NEW), -6.0, np.float32),
+                      rollout_logps_NxC=np.zeros((ROWS, NEW), np.float32))
     return model, host_params, mesh, host
 
 
-def _step(setup, optimizer, num_micro, train=TrainSection(), host_overrides=None, use_old_logps=False):
+def _step(setup, optimizer, num_micro, train=TrainSection(), host_overrides=None):
     model, host_params, mesh, host = setup
     params = put_tree(host_params, tree_shardings(host_params, mesh))
     state, shardings = init_state(params, optimizer, mesh)
-    step = make_train_step(model, optimizer, loss_settings(train, NEW), num_micro, 1.0, use_old_logps, shardings,
-                           mesh)
-    batch = batch_from_host(host | (host_overrides or {}), mesh)
+    step = make_train_step(model, optimizer, train, num_micro, 1.0, shardings, mesh)
+    batch = global_batch(host.replace(**(host_overrides or {})), mesh)
     new_state, metrics = step(state, batch)
     return state, new_state, jax.device_get(metrics), step, batch
 
@@ -121,10 +111,6 @@ def test_warmup_cosine_schedule():
     assert 0.1 < float(schedule(12)) < 1.0
 
 
-def test_train_batch_fields_match_the_host_dict(setup):
-    assert set(TrainBatch.__dataclass_fields__) == set(setup[3])
-
-
 def test_policy_statistics_cover_every_generated_token_even_outside_the_loss(setup):
     """Dynamic sampling can drop every group from the loss; entropy and clipping still describe the policy."""
     sgd = optax.sgd(1.0)
@@ -139,19 +125,32 @@ def test_policy_statistics_cover_every_generated_token_even_outside_the_loss(set
     assert all(np.abs(d).max() == 0 for d in jax.tree.leaves(_delta(setup[1], unchanged)))
 
 
+def test_a_batch_without_rollout_log_probs_updates_alike_and_has_no_mismatch(setup):
+    """A backend without log-probs leaves them None: the step traces without the mismatch, and the update
+    (importance sampling off) is the one it makes with them."""
+    sgd = optax.sgd(1.0)
+    _, with_logps, metrics, _, _ = _step(setup, sgd, 2)
+    _, without_logps, metrics_without, _, _ = _step(setup, sgd, 2, host_overrides={"rollout_logps_NxC": None})
+    assert {"mismatch", "mismatch_max"} <= set(metrics) and not {"mismatch", "mismatch_max"} & set(metrics_without)
+    np.testing.assert_allclose(metrics_without["loss"], metrics["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(_delta(setup[1], with_logps)), jax.tree.leaves(_delta(setup[1], without_logps)),
+                    strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-7)
+
+
 def test_extreme_log_probs_at_padding_do_not_leak_nan(setup):
     """Old / reference / rollout log-probs after the stop token are padding: whatever they hold (here values
     whose ratio overflows float32), the loss and the update are those of clean padding."""
     _, _, _, host = setup
-    pad = host["completion_mask_NxC"] == 0
+    pad = host.completion_mask_NxC == 0
     train = TrainSection(beta=0.1, importance_sampling_cap=2.0)
     sgd = optax.sgd(1.0)
     current = {"old_logps_NxC": np.full((ROWS, NEW), -6.2, np.float32),
                "rollout_logps_NxC": np.full((ROWS, NEW), -6.2, np.float32)}
-    _, clean, clean_metrics, _, _ = _step(setup, sgd, 2, train, current, use_old_logps=True)
+    _, clean, clean_metrics, _, _ = _step(setup, sgd, 2, train, current)
     hostile = {name: np.where(pad, -300.0, value).astype(np.float32) for name, value in current.items()}
-    hostile["ref_logps_NxC"] = np.where(pad, 300.0, host["ref_logps_NxC"]).astype(np.float32)
-    _, dirty, dirty_metrics, _, _ = _step(setup, sgd, 2, train, hostile, use_old_logps=True)
+    hostile["ref_logps_NxC"] = np.where(pad, 300.0, host.ref_logps_NxC).astype(np.float32)
+    _, dirty, dirty_metrics, _, _ = _step(setup, sgd, 2, train, hostile)
     for key in ("loss", "grad_norm", "entropy", "kl"):
         assert np.isfinite(dirty_metrics[key]), key
         np.testing.assert_allclose(dirty_metrics[key], clean_metrics[key], rtol=1e-5)
@@ -168,15 +167,14 @@ def _lion_step_changes(tiny_model_dir, param_dtype, compute_dtype, learning_rate
     optimizer = make_optimizer(OptimSection(name="lion", learning_rate=learning_rate, warmup_steps=0), 10)
     params = put_tree(host_params, tree_shardings(host_params, mesh))
     state, shardings = init_state(params, optimizer, mesh)
-    step = make_train_step(model, optimizer, loss_settings(TrainSection(), NEW), 1, 1.0, False, shardings, mesh)
+    step = make_train_step(model, optimizer, TrainSection(), 1, 1.0, shardings, mesh)
     rng = np.random.default_rng(0)
-    host = {"prompt_ids_NxP": rng.integers(3, 400, (ROWS, PROMPT)).astype(np.int32),
-            "prompt_mask_NxP": np.ones((ROWS, PROMPT), np.int32),
-            "completion_ids_NxC": rng.integers(3, 400, (ROWS, NEW)).astype(np.int32),
-            "completion_mask_NxC": np.ones((ROWS, NEW), np.float32), "loss_mask_NxC": np.ones((ROWS, NEW), np.float32),
-            "advantages_N": rng.standard_normal(ROWS).astype(np.float32)} | {
-        name: np.zeros((ROWS, NEW), np.float32) for name in ("old_logps_NxC", "ref_logps_NxC", "rollout_logps_NxC")}
-    new_state, _ = step(state, batch_from_host(host, mesh))
+    host = TrainBatch(prompt_ids_NxP=rng.integers(3, 400, (ROWS, PROMPT)).astype(np.int32),
+                      prompt_mask_NxP=np.ones((ROWS, PROMPT), np.int32),
+                      completion_ids_NxC=rng.integers(3, 400, (ROWS, NEW)).astype(np.int32),
+                      completion_mask_NxC=np.ones((ROWS, NEW), np.float32), loss_mask_NxC=np.ones((ROWS, NEW), np.float32),
+                      advantages_N=rng.standard_normal(ROWS).astype(np.float32))
+    new_state, _ = step(state, global_batch(host, mesh))
     before, after = jax.tree.leaves(host_params), jax.tree.leaves(jax.device_get(new_state.params))
     changed = sum(int((np.asarray(a) != np.asarray(b)).sum()) for a, b in zip(before, after, strict=True))
     return changed / sum(a.size for a in before), after, new_state

@@ -78,6 +78,11 @@ class KVCache:
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
+def prompt_positions(prompt_mask_NxP: jax.Array) -> jax.Array:
+    """Positions counting real tokens only, so left padding does not shift RoPE."""
+    return jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0).astype(jnp.int32)
+
+
 def rope_angles(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles_BxTxHalf = positions_BxT.astype(jnp.float32)[..., None] * inv_freq

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from trainer import sharding
+from trainer.config import TrainerConfig
 from trainer.model.qwen2 import Qwen2ForCausalLM
+from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
-from trainer.sampling import SamplingSettings, generate
+from trainer.rollout.sampling import SamplingSettings, generate
+from trainer.runtime import Runtime
 
 
 class JaxSamplerBackend(RolloutBackend):
@@ -23,6 +28,12 @@ class JaxSamplerBackend(RolloutBackend):
         self.pad_id = pad_id
         self.prefill_buckets = sorted(prefill_buckets)
         self.params = None
+
+    @classmethod
+    def create(cls, config: TrainerConfig, model: Qwen2ForCausalLM, runtime: Runtime, tokenizer: ChatTokenizer,
+               model_dir: Path) -> JaxSamplerBackend:
+        return cls(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id,
+                   config.rollout.prefill_buckets or [config.rollout.prompt_length])
 
     def push_weights(self, params) -> None:
         # Same devices and layout as the trainer: holding a reference is the whole push.
@@ -42,6 +53,6 @@ class JaxSamplerBackend(RolloutBackend):
         mask = sharding.global_rows(np.ascontiguousarray(prompt_mask_NxP[:, -bucket:]), self.mesh)
         outputs = generate(self.model, self.params, ids, mask, jax.random.key(seed), np.float32(settings.temperature),
                            max_new_tokens=settings.max_new_tokens, top_k=settings.top_k, top_p=settings.top_p,
-                           stop_ids=self.stop_ids, pad_id=self.pad_id)
+                           stop_ids=() if settings.ignore_eos else self.stop_ids, pad_id=self.pad_id)
         ids_NxC, mask_NxC, logps_NxC = (sharding.local_rows(x, self.mesh) for x in outputs)
         return RolloutOutput(ids_NxC.astype(np.int32), mask_NxC.astype(np.int32), logps_NxC.astype(np.float32))

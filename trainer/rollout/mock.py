@@ -8,16 +8,18 @@ import numpy as np
 
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
-from trainer.sampling import SamplingSettings
+from trainer.rollout.sampling import SamplingSettings
 
 
 class MockBackend(RolloutBackend):
     name = "mock"
 
-    def __init__(self, tokenizer: ChatTokenizer, complete: Callable[[str, int], str]):
-        """complete(prompt_text, row_index) -> completion text; a stop token is appended when it fits."""
+    def __init__(self, tokenizer: ChatTokenizer, complete: Callable[[str, int], str], logp: float | None = None):
+        """complete(prompt_text, row_index) -> completion text; a stop token is appended when it fits. With
+        logp, every generated token reports that log-prob, as an engine's would; without, none."""
         self.tokenizer = tokenizer
         self.complete = complete
+        self.logp = logp
         self.pushes = 0
 
     def generate(self, prompt_ids_NxP, prompt_mask_NxP, settings: SamplingSettings, seed: int) -> RolloutOutput:
@@ -29,7 +31,7 @@ class MockBackend(RolloutBackend):
             tokens = (self.tokenizer.encode(self.complete(prompt, row)) + [self.tokenizer.stop_ids[0]])[:c]
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
-        return RolloutOutput(ids, mask, None)
+        return RolloutOutput(ids, mask, None if self.logp is None else np.where(mask > 0, self.logp, 0.0).astype(np.float32))
 
     def push_weights(self, params) -> None:
         self.pushes += 1

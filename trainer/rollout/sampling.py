@@ -1,5 +1,6 @@
-"""The built-in JAX sampler: prefill a left-padded prompt bucket into a KV cache, then decode with fixed
-shapes in a `lax.while_loop` that stops once every row has produced a stop token.
+"""The built-in JAX sampler's decoding, and the sampling settings every backend takes: prefill a
+left-padded prompt bucket into a KV cache, then decode with fixed shapes in a `lax.while_loop` that
+stops once every row has produced a stop token.
 
 Log-probs are those of the temperature-scaled distribution before top-k / top-p truncation, the
 same quantity the trainer computes (and sglang-jax returns); greedy rows use temperature 1.
@@ -13,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM
+from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ class SamplingSettings:
     temperature: float = 1.0  # 0: greedy
     top_k: int = -1
     top_p: float = 1.0
+    ignore_eos: bool = False  # stop tokens are ordinary tokens: every row gets max_new_tokens
 
 
 def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -48,11 +50,6 @@ def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int):
     tokens = jnp.where(greedy, jnp.argmax(logits_NxV, axis=-1), sampled).astype(jnp.int32)
     logps = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
     return tokens, logps
-
-
-def prompt_positions(prompt_mask_NxP: jax.Array) -> jax.Array:
-    """Positions counting real tokens only, so left padding does not shift RoPE."""
-    return jnp.maximum(jnp.cumsum(prompt_mask_NxP, axis=1) - 1, 0).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id"))

@@ -1,10 +1,15 @@
-"""Helpers for the trainer tests (a unique module name: tests/ folders have no __init__.py)."""
+"""Helpers for the trainer tests, imported as `tests.trainer.helpers` (fixtures stay in conftest.py):
+trainer child processes and simulated pods, step lines, W&B offline records, backends with a wrapped
+generate, a sglang-jax engine on the tiny model, and the checks of an offline report page."""
 
+import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from trainer.config import ENV_OVERRIDES
@@ -25,6 +30,24 @@ def run_trainer(args: list[str], cwd: Path, timeout: float = 600, **env: str) ->
     """`python -m trainer ARGS` in a child process (the console script's code path)."""
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_trainer(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """`python -m trainer ARGS` running in a child process, its output read as text."""
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=subprocess_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def sigterm_at_step(child: subprocess.Popen, step: int, timeout: float = 300) -> tuple[str, str]:
+    """SIGTERM the trainer once it prints step STEP's line; its whole stdout and stderr after it exits."""
+    seen = []
+    for line in child.stdout:
+        seen.append(line)
+        if line.startswith(f"step={step} "):
+            child.send_signal(signal.SIGTERM)
+            break
+    rest, stderr = child.communicate(timeout=timeout)
+    return "".join(seen) + rest, stderr
 
 
 def run_pod(args: list[str], cwd: Path, processes: int = 2, devices_per_process: int = 2,
@@ -81,3 +104,60 @@ def wandb_history(wandb_dir: Path) -> tuple[list[dict], int | None]:
         elif kind == "exit":
             exit_code = record.exit.exit_code
     return rows, exit_code
+
+
+def wrapping_generate(wrap: Callable[[Callable], Callable]):
+    """A backend factory for `train`: the real backend of the config, its generate replaced by wrap(generate)."""
+    from trainer.rollout import make_backend
+
+    def factory(*args):
+        backend = make_backend(*args)
+        backend.generate = wrap(backend.generate)
+        return backend
+
+    return factory
+
+
+def start_sglang_engine(model_dir: Path, out_dir: Path, *sets: str):
+    """The sglang_jax backend on the tiny model, sized as the trainer sizes it; (backend, model, params,
+    tokenizer). The caller shuts the backend down."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainer.auto_values import resolve_auto_values
+    from trainer.config import load_config
+    from trainer.model.load import build_model
+    from trainer.model.tokenizer import ChatTokenizer
+    from trainer.rollout.sglang_jax import SglangJaxBackend
+    from trainer.runtime import start
+
+    config = load_config(None, sets=[f"model_path={model_dir}", "rollout.backend=sglang_jax", *sets,
+                                     f"out_dir={out_dir}"], environ={})
+    runtime = start(config)
+    config = resolve_auto_values(config, runtime, model_dir)
+    tokenizer = ChatTokenizer(model_dir)
+    model, host_params = build_model(model_dir, config.model, runtime.platform)
+    backend = SglangJaxBackend(config, model.config, runtime, tokenizer, model_dir)
+    return backend, model, jax.tree.map(jnp.asarray, host_params), tokenizer
+
+
+# Panels every report of a run draws (trainer.report.PANELS slugs, in order), whatever the run's options.
+ALWAYS_PANELS = ["reward", "completion_length", "clipped_ratio", "entropy", "grad_norm", "learning_rate",
+                 "tokens_per_s", "step_time"]
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)]
+
+
+def check_offline_page(page_path: Path, expected_slugs: list[str]) -> str:
+    """One embedded image per panel, each equal to the PNG beside the page, and nothing fetched from anywhere."""
+    page = page_path.read_text()
+    pngs = embedded_pngs(page)
+    assert len(pngs) == len(expected_slugs) == page.count("<img ")
+    for slug, png in zip(expected_slugs, pngs, strict=True):
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and (page_path.parent / f"{slug}.png").read_bytes() == png
+    assert sorted(p.stem for p in page_path.parent.glob("*.png")) == sorted(expected_slugs)
+    assert not re.search(r"<script|<link|@import|url\(|https?:", page, re.IGNORECASE)
+    assert re.findall(r'\ssrc="([^"]{0,22})', page) == ["data:image/png;base64,"] * len(expected_slugs)
+    return page
