@@ -9,6 +9,7 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -185,15 +186,30 @@ class OptimSection:
                 _fail(f"optim.{key}", "a number in [0, 1)", getattr(self, key))
 
 
+def import_reward(path: str) -> typing.Callable[[str, str], float] | None:
+    """The function `package.module:function` names (called as f(completion, gold) -> float), or None."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        return None
+    try:
+        function = getattr(importlib.import_module(module_name), attribute, None)
+    except ImportError:
+        return None
+    return function if callable(function) else None
+
+
 @dataclasses.dataclass
 class RewardSection:
+    # Built-in names, or `package.module:function` for a reward of your own (f(completion, gold) -> float).
     weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"correctness": 1.0, "format": 0.0, "tag_count": 0.0})
     correctness_mode: str = "any"  # strict (####), boxed, flexible (last number), any (first that matches)
 
     def __post_init__(self):
         for name in self.weights:
-            _one_of("reward.weights", name, REWARD_NAMES)
+            if name not in REWARD_NAMES and import_reward(name) is None:
+                expected = "a built-in reward" + ("" if ":" in name else f" (one of {', '.join(REWARD_NAMES)})")
+                _fail("reward.weights", expected + " or an importable module:function", name)
         if not any(self.weights.values()):
             _fail("reward.weights", "at least one non-zero weight", self.weights)
         _one_of("reward.correctness_mode", self.correctness_mode, ("strict", "boxed", "flexible", "any"))

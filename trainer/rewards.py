@@ -2,7 +2,8 @@
 
 Correctness extracts a candidate answer (strict `#### n`, `\\boxed{...}`, `<answer>` tags, or the last
 number) and checks it against the gold answer with math-verify. `score_completions` applies the
-weighted set; a reward function that raises scores -1 for that sample and the run goes on.
+weighted set (built-in names, or `package.module:function` for a reward of your own); a reward
+function that raises scores -1 for that sample and the run goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 from math_verify import parse, verify
+
+from trainer.config import import_reward
 
 _NUMBER = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 _STRICT = re.compile(r"####\s*\$?\s*(" + _NUMBER + ")")
@@ -96,25 +99,29 @@ class RewardScores:
     num_errors: int  # (sample, function) pairs that raised and scored -1
 
 
-def reward_functions(correctness_mode: str) -> dict[str, Callable[[str, str], float]]:
-    return {
-        "correctness": functools.partial(correctness_reward, mode=correctness_mode),
-        "format": format_reward,
-        "tag_count": tag_count_reward,
-    }
+def reward_function(name: str, correctness_mode: str) -> Callable[[str, str], float]:
+    """A built-in reward by name, or the function a `package.module:function` name imports."""
+    builtin = {"correctness": functools.partial(correctness_reward, mode=correctness_mode),
+               "format": format_reward, "tag_count": tag_count_reward}
+    if name in builtin:
+        return builtin[name]
+    function = import_reward(name)
+    if function is None:
+        raise ValueError(f"reward {name!r}: neither built-in nor an importable module:function")
+    return function
 
 
 def score_completions(completions: list[str], golds: list[str], weights: dict[str, float],
                       correctness_mode: str = "any") -> RewardScores:
-    functions = reward_functions(correctness_mode)
     by_name, errors = {}, 0
     for name, weight in weights.items():
         if weight == 0:
             continue
+        function = reward_function(name, correctness_mode)
         scores = np.zeros(len(completions), np.float32)
         for i, (completion, gold) in enumerate(zip(completions, golds, strict=True)):
             try:
-                scores[i] = functions[name](completion, gold)
+                scores[i] = function(completion, gold)
             except Exception:  # one bad sample must not end a long run: it scores -1
                 scores[i], errors = -1.0, errors + 1
         by_name[name] = scores

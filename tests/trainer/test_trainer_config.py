@@ -54,7 +54,15 @@ def test_upstream_environment_names_map_to_keys():
     ("train.loss_type=ppo", "train.loss_type: expected one of grpo, dapo, dr_grpo, received 'ppo'"),
     ("train.micro_batch_size=7", "train.micro_batch_size: expected a divisor of rollout.batch_size x "
                                  "rollout.num_pre_q = 128, received 7"),
-    ("reward.weights.speed=1.0", "reward.weights: expected one of correctness, format, tag_count, received 'speed'"),
+    ("reward.weights.speed=1.0", "reward.weights: expected a built-in reward (one of correctness, format, "
+                                 "tag_count) or an importable module:function, received 'speed'"),
+    ("reward.weights={'trainer.rewards:no_such_reward': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, "
+     "received 'trainer.rewards:no_such_reward'"),
+    ("reward.weights={'no_such_module_xyz:f': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, received 'no_such_module_xyz:f'"),
+    ("reward.weights={'trainer.rewards:_TAGS': 1.0}",
+     "reward.weights: expected a built-in reward or an importable module:function, received 'trainer.rewards:_TAGS'"),
     ("mesh_shape=2,2", "mesh_shape: expected dp,fsdp,tp"),
     ("rollout.sglang.mem_fraction_static=1.5", "rollout.sglang.mem_fraction_static: expected a number in [0, 1)"),
     ("rollout.temperature=0", "rollout.temperature: expected a positive number"),

@@ -83,3 +83,12 @@ def test_weighted_sum_and_errors_score_minus_one(monkeypatch):
 def test_zero_weight_functions_are_not_run():
     scores = score_completions(["#### 7"], ["7"], {"correctness": 1.0, "format": 0.0})
     assert list(scores.by_name) == ["correctness"]
+
+
+def test_a_reward_named_by_import_path_scores_like_the_builtin():
+    completions = ["<think>a</think><answer>1</answer>", "<think><think>", ""]
+    custom = score_completions(completions, ["1"] * 3, {"trainer.rewards:tag_count_reward": 2.0})
+    builtin = score_completions(completions, ["1"] * 3, {"tag_count": 2.0})
+    np.testing.assert_allclose(custom.total_N, builtin.total_N)
+    np.testing.assert_allclose(custom.total_N, [2.0, 0.0, 0.0])
+    assert list(custom.by_name) == ["trainer.rewards:tag_count_reward"]
