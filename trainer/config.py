@@ -116,6 +116,7 @@ class RolloutSection:
     temperature: float = 1.0
     top_k: int = -1  # -1: off
     top_p: float = 1.0
+    ignore_eos: bool = False  # stop tokens do not end a completion: exactly max_length_sample new tokens
     sglang: SglangSection = dataclasses.field(default_factory=SglangSection)
 
     def __post_init__(self):

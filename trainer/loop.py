@@ -121,7 +121,7 @@ class GRPOLoop:
         self.stream = PromptStream(self.train_problems, config.seed, config.data.shuffle,
                                    self.position.data_position)
         self.sampling = SamplingSettings(config.rollout.max_length_sample, config.rollout.temperature,
-                                         config.rollout.top_k, config.rollout.top_p)
+                                         config.rollout.top_k, config.rollout.top_p, config.rollout.ignore_eos)
         self.needs_old_logps = (config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
                                 or config.rollout.backend == "sglang_jax")
         self.logps_fn = make_logps_fn(self.model, self.mesh, config.rollout.temperature)

@@ -22,6 +22,7 @@ class SamplingSettings:
     temperature: float = 1.0  # 0: greedy
     top_k: int = -1
     top_p: float = 1.0
+    ignore_eos: bool = False  # stop tokens are ordinary tokens: every row gets max_new_tokens
 
 
 def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:

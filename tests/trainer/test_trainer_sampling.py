@@ -1,6 +1,7 @@
 """The built-in JAX sampler: truncation, sampling frequencies, cache-consistent greedy decoding, stop tokens,
 and log-probs that equal the trainer's."""
 
+import dataclasses
 import math
 
 import jax
@@ -115,3 +116,19 @@ def test_prefill_bucket_gives_the_same_completions(tiny):
     assert backend.bucket_for(3) == 4
     np.testing.assert_array_equal(outputs[0].completion_ids_NxC, outputs[1].completion_ids_NxC)
     np.testing.assert_allclose(outputs[0].logprobs_NxC, outputs[1].logprobs_NxC, atol=1e-5)
+
+
+def test_ignore_eos_generates_every_token_through_the_stop_token(tiny):
+    model, params, ids, mask = tiny
+    free_ids, _, free_logps = map(np.asarray, _generate(tiny, 1.0, stop_ids=(-1,), seed=4))
+    stop = int(free_ids[0, 2])  # a token row 0 samples at step 2, which would otherwise end the row
+    backend = JaxSamplerBackend(model, make_mesh("1,-1,1"), [stop], 0, [12])
+    backend.push_weights(params)
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0, ignore_eos=True)
+    out = backend.generate(np.asarray(ids), np.asarray(mask), settings, seed=4)
+    np.testing.assert_array_equal(out.completion_ids_NxC, free_ids)  # the same draws, none cut short
+    np.testing.assert_allclose(out.logprobs_NxC, free_logps, atol=1e-6)
+    assert out.completion_mask_NxC.all()
+    stopped = backend.generate(np.asarray(ids), np.asarray(mask), dataclasses.replace(settings, ignore_eos=False),
+                               seed=4)
+    assert stopped.completion_mask_NxC[0].sum() <= 3

@@ -129,6 +129,16 @@ def test_stop_token_ends_the_completion_and_stays_in_the_mask(engine):
     assert (out.completion_ids_NxC[:, 1:] == tokenizer.pad_id).all()
 
 
+def test_ignore_eos_keeps_generating_after_the_stop_token(engine):
+    backend, model, params, tokenizer = engine
+    stop = tokenizer.stop_ids[0]
+    crafted, _ = _crafted(params, model.config, favoured=stop)
+    backend.push_weights(crafted)
+    ids, mask = _prompts(tokenizer, 4)
+    out = backend.generate(ids, mask, SamplingSettings(8, temperature=0.0, ignore_eos=True), seed=0)
+    assert (out.completion_ids_NxC == stop).all() and out.completion_mask_NxC.all()
+
+
 def test_engine_logprobs_match_the_trainer_after_a_normal_push(engine):
     backend, model, params, tokenizer = engine
     nudged = jax.tree.map(lambda x: x * 1.05, params)  # weights the engine has never loaded

@@ -42,6 +42,6 @@ class JaxSamplerBackend(RolloutBackend):
         mask = sharding.global_rows(np.ascontiguousarray(prompt_mask_NxP[:, -bucket:]), self.mesh)
         outputs = generate(self.model, self.params, ids, mask, jax.random.key(seed), np.float32(settings.temperature),
                            max_new_tokens=settings.max_new_tokens, top_k=settings.top_k, top_p=settings.top_p,
-                           stop_ids=self.stop_ids, pad_id=self.pad_id)
+                           stop_ids=() if settings.ignore_eos else self.stop_ids, pad_id=self.pad_id)
         ids_NxC, mask_NxC, logps_NxC = (sharding.local_rows(x, self.mesh) for x in outputs)
         return RolloutOutput(ids_NxC.astype(np.int32), mask_NxC.astype(np.int32), logps_NxC.astype(np.float32))

@@ -311,7 +311,8 @@ class SglangJaxBackend(RolloutBackend):
     def generate(self, prompt_ids_NxP, prompt_mask_NxP, settings: SamplingSettings, seed: int) -> RolloutOutput:
         prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(prompt_ids_NxP, prompt_mask_NxP, strict=True)]
         sampling = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                    "top_p": settings.top_p, "top_k": settings.top_k, "stop_token_ids": self.stop_ids}
+                    "top_p": settings.top_p, "top_k": settings.top_k, "stop_token_ids": self.stop_ids,
+                    "ignore_eos": settings.ignore_eos}
         results = self.engine.generate(input_ids=prompts, sampling_params=sampling, return_logprob=True)
         return self._pack(results, settings.max_new_tokens)
 
