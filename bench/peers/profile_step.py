@@ -11,7 +11,8 @@ completion positions), log-probs (log-softmax, entropy and loss on those logits)
 (AdamW on the gradients) and the train step's own remainder (micro-batch scan, metrics); weight push.
 "step" is the fastest of --repeats of the loop's own `train_one_step`, and "host_between_phases" what
 that step spent outside generate, update and push by its own timings (prompt encoding, reward,
-advantages, the step report).
+advantages, the step report). "old_logps_pass" is not in this workload's step: it is the extra forward
+the loop runs for old log-probs with rollout.backend=sglang_jax or train.num_iterations > 1.
 
 Floors: compute phases FLOPs / the jnp.dot peak; decode per token max(bytes read / bandwidth,
 FLOPs / peak) with every parameter and the KV cache read once per token; the optimizer's bytes
@@ -159,6 +160,8 @@ def main() -> None:
         seconds[name] = best(lambda n=name: jax.block_until_ready(fns[n](params, batch)), r)
     seconds["optimizer"] = best(lambda: jax.block_until_ready(fns["optimizer"](grads, opt_state, params)), r)
     seconds["update"] = best(lambda: loop.update(host, rollout), r)  # the real jitted step (state donated)
+    logps_args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
+    seconds["old_logps_pass"] = best(lambda: jax.block_until_ready(loop.logps_fn(loop.state.params, *logps_args)), r)
     seconds["weight_push"] = best(lambda: loop.backend.push_weights(loop.state.params), r)
     seconds["log_probs"] = seconds["forward_and_loss"] - seconds["forward"]
     seconds["backward"] = seconds["forward_and_backward"] - seconds["forward_and_loss"]
@@ -170,10 +173,11 @@ def main() -> None:
     peak, bandwidth = perf.matmul_peak_flops(), perf.memory_bandwidth_bytes_per_s()
     floor = floors(loop, peak, bandwidth)
     floor["update"] = floor["forward"] + floor["backward"] + floor["optimizer"]
+    floor["old_logps_pass"] = floor["forward"]
     floor["rollout"] = floor["prefill"] + floor["decode"]
     floor["step"] = floor["update"] + floor["rollout"]
     order = ["step", "rollout", "prefill", "decode", "reward", "update", "forward", "log_probs", "backward",
-             "optimizer", "update_remainder", "weight_push", "host_between_phases"]
+             "optimizer", "update_remainder", "weight_push", "host_between_phases", "old_logps_pass"]
     print(json.dumps({
         "bench": "trainer_step_profile", "platform": runtime.platform, "params": loop.model.config.num_params(),
         "rows": config.rows, "set": args.set, "matmul_peak_gflop_per_s": peak / 1e9,

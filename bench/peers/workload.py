@@ -63,12 +63,13 @@ def problems(rec: dict) -> list[str]:
     return found
 
 
-def median_table(records: list[dict], first_step: int = FIRST_MEASURED_STEP) -> dict[str, dict[str, float]]:
-    """trainer -> phase -> median over every run's steps first_step.. (1-based) of that phase."""
+def phase_table(records: list[dict], statistic=statistics.median,
+                first_step: int = FIRST_MEASURED_STEP) -> dict[str, dict[str, float]]:
+    """trainer -> phase -> statistic (median by default) over every run's steps first_step.. (1-based)."""
     table: dict[str, dict[str, float]] = {}
     for trainer in dict.fromkeys(rec["trainer"] for rec in records):
         mine = [rec for rec in records if rec["trainer"] == trainer]
-        table[trainer] = {phase: statistics.median(s for rec in mine for s in rec[phase][first_step - 1:])
+        table[trainer] = {phase: statistic([s for rec in mine for s in rec[phase][first_step - 1:]])
                           for phase in PHASES}
     return table
 

@@ -15,17 +15,18 @@ def _rec(trainer, run, step_s, rollout_s, update_s, tokens=(64,), moved=50):
     return workload.record(trainer, run, per_step, list(tokens), 0.99, moved, 50, steps=len(step_s))
 
 
-def test_median_table_takes_steps_two_on_over_every_run():
+def test_phase_table_takes_steps_two_on_over_every_run():
     records = [
         _rec("a", 1, [9.0, 1.0, 2.0, 3.0], [5.0, 0.1, 0.2, 0.3], [4.0, 0.9, 1.8, 2.7]),
         _rec("a", 2, [8.0, 4.0, 5.0, 6.0], [5.0, 0.4, 0.5, 0.6], [3.0, 3.6, 4.5, 5.4]),
         _rec("b", 1, [7.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0], [6.0, 1.0, 1.0, 1.0]),
     ]
-    table = workload.median_table(records)
+    table = workload.phase_table(records)
     # a's steps 2..4 of both runs: 1, 2, 3, 4, 5, 6 -> 3.5 (the compile steps 9 and 8 are left out)
     assert table["a"] == {"step_s": 3.5, "rollout_s": 0.35, "update_s": pytest.approx(3.15)}
     assert table["b"] == {"step_s": 2.0, "rollout_s": 1.0, "update_s": 1.0}
     assert list(table) == ["a", "b"]
+    assert workload.phase_table(records, min)["a"] == {"step_s": 1.0, "rollout_s": 0.1, "update_s": 0.9}
 
 
 def test_ratio_is_to_the_fastest_peer_of_each_phase():
