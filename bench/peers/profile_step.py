@@ -7,8 +7,9 @@ from the jnp.dot peak and the memory bandwidth measured in the same run. Prints 
 Each phase is timed on its own, so the phases need not add up to the step exactly. In step order:
 rollout prefill (prompt bucket into the KV cache) and decode (64 sampled tokens, host copy included);
 reward (decode to text, score, advantages, host batch); the update split into forward (logits of the
-completion positions), log-probs (log-softmax, entropy and loss on those logits), backward, optimizer
-(AdamW on the gradients) and the train step's own remainder (micro-batch scan, metrics); weight push.
+completion positions), log-probs (log-softmax, entropy and loss, timed from ready logits), backward
+(forward and backward together, less those two), optimizer (AdamW on the gradients) and the train
+step's own remainder (micro-batch scan, metrics); weight push.
 "step" is the fastest of --repeats of the loop's own `train_one_step`, and "host_between_phases" what
 that step spent outside generate, update and push by its own timings (prompt encoding, reward,
 advantages, the step report). "old_logps_pass" is not in this workload's step: it is the extra forward
@@ -101,7 +102,7 @@ def phase_functions(loop: GRPOLoop):
         key_valid = jnp.concatenate([mask, jnp.ones((ids.shape[0], length - ids.shape[1]), mask.dtype)], axis=1)
         return model.apply({"params": params}, ids, prompt_positions(mask), key_valid, cache, 0, logits_last_n=1)
 
-    return {"forward": jax.jit(logits_fn), "forward_and_loss": jax.jit(loss_fn),
+    return {"forward": jax.jit(logits_fn), "log_probs": jax.jit(loss_from_logits),
             "forward_and_backward": jax.jit(jax.grad(loss_fn)), "optimizer": jax.jit(optimizer_fn), "prefill": prefill}
 
 
@@ -156,15 +157,16 @@ def main() -> None:
     batch = batch_from_host(host, loop.mesh)
     grads = fns["forward_and_backward"](params, batch)
     opt_state = loop.state.opt_state
-    for name in ("forward", "forward_and_loss", "forward_and_backward"):
+    for name in ("forward", "forward_and_backward"):
         seconds[name] = best(lambda n=name: jax.block_until_ready(fns[n](params, batch)), r)
+    logits = fns["forward"](params, batch)
+    seconds["log_probs"] = best(lambda: jax.block_until_ready(fns["log_probs"](logits, batch)), r)
     seconds["optimizer"] = best(lambda: jax.block_until_ready(fns["optimizer"](grads, opt_state, params)), r)
     seconds["update"] = best(lambda: loop.update(host, rollout), r)  # the real jitted step (state donated)
     logps_args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
     seconds["old_logps_pass"] = best(lambda: jax.block_until_ready(loop.logps_fn(loop.state.params, *logps_args)), r)
     seconds["weight_push"] = best(lambda: loop.backend.push_weights(loop.state.params), r)
-    seconds["log_probs"] = seconds["forward_and_loss"] - seconds["forward"]
-    seconds["backward"] = seconds["forward_and_backward"] - seconds["forward_and_loss"]
+    seconds["backward"] = seconds["forward_and_backward"] - seconds["forward"] - seconds["log_probs"]
     seconds["update_remainder"] = seconds["update"] - seconds["forward_and_backward"] - seconds["optimizer"]
     # From the fastest step's own timings: what the loop spends outside generate, update and push.
     seconds["host_between_phases"] = step_s - fastest["time/rollout_s"] - fastest["time/update_s"] - \

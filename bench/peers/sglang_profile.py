@@ -154,7 +154,7 @@ def main() -> None:
     for backend, _ in made.values():
         backend.shutdown()
     baseline = best[SAMPLER][0]
-    for name, (seconds, phases) in best.items():
+    for name, (seconds, phases) in sorted(best.items(), key=lambda item: item[1][0]):
         print(f"{name:70s} {seconds:7.3f} s  {seconds / baseline:5.2f}x the built-in sampler")
         for phase, figures in phases.items():
             print(f"    {phase:36s} {figures['s']:7.3f} s {100 * figures['s'] / seconds:5.1f}%  "
