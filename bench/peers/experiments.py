@@ -10,8 +10,11 @@ Two groups, each timed round-robin in a fresh random order per round, the fastes
 - rollout: the trainer's `generate` and the decode-loop variants, at 64 and at 1 new token, so that the
   difference gives the time per decode step.
 Each group holds a second copy of its baseline as a control: its ratio (about 1.00) is the noise.
-Before timing, every variant is checked against the trainer: logits, the update's loss and gradient
-norm, and the log-probs of what a decode variant sampled under the trainer's own forward.
+The update's floor (its FLOPs at the jnp.dot peak) and the decode step's (every parameter and the KV
+cache read once at the measured bandwidth, or its FLOPs at the peak, whichever is longer) come from
+the same run, as in profile_step.py. Before timing, every variant is checked against the trainer:
+logits, the update's loss and gradient norm, and the log-probs of what a decode variant sampled under
+the trainer's own forward.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import variants
 import workload
+from profile_step import floors
 from run import prepare
 from run_trainer import workload_sets
 
@@ -37,6 +41,7 @@ from trainer.loop import GRPOLoop, resolve_auto_values
 from trainer.model.qwen2 import Qwen2ForCausalLM
 from trainer.runtime import start
 from trainer.sampling import generate
+from trainer.testing import perf
 from trainer.train_step import TrainState, batch_from_host, completion_logps, loss_settings, make_train_step
 
 UPDATE_VARIANTS = {  # name -> (num_micro, fused params, make_update switches); None switches: the trainer's step
@@ -46,12 +51,15 @@ UPDATE_VARIANTS = {  # name -> (num_micro, fused params, make_update switches); 
     "trainer step, micro-batch 4": (4, False, None),
     "trainer step, remat": (1, False, "remat"),
     "variant as the trainer (scan)": (1, False, {}),
+    "no micro-batch scan (one micro-batch)": (1, False, {"micro_scan": False}),
     "unrolled layers": (1, False, {"unroll": True}),
     "fused qkv and gate-up": (1, True, {}),
     "heads-first attention": (1, False, {"heads_first": True}),
     "exact completion logits": (1, False, {"exact_logits": True}),
     "one-hot token log-probs": (1, False, {"one_hot": True}),
     "unrolled + fused + exact + one-hot": (1, True, {"unroll": True, "exact_logits": True, "one_hot": True}),
+    "... and no micro-batch scan": (1, True, {"unroll": True, "exact_logits": True, "one_hot": True,
+                                              "micro_scan": False}),
     "... and micro-batch 8": (2, True, {"unroll": True, "exact_logits": True, "one_hot": True}),
     "... and micro-batch 4": (4, True, {"unroll": True, "exact_logits": True, "one_hot": True}),
     "... and micro-batch 4, remat": (4, True, {"unroll": True, "exact_logits": True, "one_hot": True, "remat": True}),
@@ -176,10 +184,15 @@ def main() -> None:
     update = race(calls, args.rounds)
     calls, checks["max_abs_logp_error_vs_trainer"] = decode_calls(loop, ids, mask)
     decode = race(calls, args.rounds)
+    peak, bandwidth = perf.matmul_peak_flops(), perf.memory_bandwidth_bytes_per_s()
+    floor = floors(loop, peak, bandwidth)
+    update_floor_s = floor["forward"] + floor["backward"] + floor["optimizer"]
+    decode_floor_s = floor["decode"] / workload.NEW_TOKENS
     rows = {}
     base = update["trainer step (micro-batch 16)"]
     for name, (wall, cpu) in update.items():
-        rows[f"update: {name}"] = {"wall_s": wall, "cpu_s": cpu, "wall_x": wall / base[0], "cpu_x": cpu / base[1]}
+        rows[f"update: {name}"] = {"wall_s": wall, "cpu_s": cpu, "wall_x": wall / base[0], "cpu_x": cpu / base[1],
+                                   "fraction_of_floor": update_floor_s / wall}
     steps = workload.NEW_TOKENS - 1
     full, one = decode[("trainer generate (while_loop, stacked cache, scan)", workload.NEW_TOKENS)], \
         decode[("trainer generate (while_loop, stacked cache, scan)", 1)]
@@ -187,13 +200,16 @@ def main() -> None:
         (w64, c64), (w1, _) = decode[(name, workload.NEW_TOKENS)], decode[(name, 1)]
         rows[f"rollout: {name}"] = {"wall_s": w64, "cpu_s": c64, "wall_x": w64 / full[0], "cpu_x": c64 / full[1],
                                     "decode_step_ms": (w64 - w1) / steps * 1e3,
-                                    "decode_step_x": (w64 - w1) / (full[0] - one[0])}
+                                    "decode_step_x": (w64 - w1) / (full[0] - one[0]),
+                                    "fraction_of_floor": decode_floor_s / ((w64 - w1) / steps)}
     for name, row in rows.items():
         extra = f"  decode step {row['decode_step_ms']:.2f} ms ({row['decode_step_x']:.2f}x)" if "decode_step_ms" in row \
             else ""
         print(f"{name:62s} wall {row['wall_s']:.3f}s ({row['wall_x']:.2f}x)  cpu {row['cpu_s']:.3f}s "
-              f"({row['cpu_x']:.2f}x){extra}")
-    print(json.dumps({"bench": "step_experiments", "rounds": args.rounds, "checks": checks, "results": rows}))
+              f"({row['cpu_x']:.2f}x){extra}  {100 * row['fraction_of_floor']:.0f}% of floor")
+    print(json.dumps({"bench": "step_experiments", "rounds": args.rounds, "matmul_peak_gflop_per_s": peak / 1e9,
+                      "bandwidth_gb_per_s": bandwidth / 1e9, "update_floor_s": update_floor_s,
+                      "decode_step_floor_ms": decode_floor_s * 1e3, "checks": checks, "results": rows}))
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def split_micro(x, num_micro: int):
 
 
 def make_update(cfg, optimizer, settings, rows: int, *, num_micro=1, exact_logits=False, one_hot=False,
-                **forward_switches):
-    """A jitted, donated GRPO update (beta 0, one iteration, loss_type grpo) with the given switches."""
+                micro_scan=True, **forward_switches):
+    """A jitted, donated GRPO update (beta 0, one iteration, loss_type grpo) with the given switches;
+    micro_scan=False with one micro-batch calls the gradient directly instead of through a one-step scan."""
 
     def loss_fn(params, micro):
         tokens, positions, key_valid = model_inputs(micro)
@@ -161,9 +162,12 @@ def make_update(cfg, optimizer, settings, rows: int, *, num_micro=1, exact_logit
             (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, micro)
             return jax.tree.map(jnp.add, carry, (grads, loss, entropy)), None
 
-        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0), jnp.float32(0.0))
-        (grads, loss, entropy), _ = jax.lax.scan(accumulate, init,
-                                                  jax.tree.map(lambda x: split_micro(x, num_micro), batch))
+        if micro_scan or num_micro > 1:
+            init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0), jnp.float32(0.0))
+            (grads, loss, entropy), _ = jax.lax.scan(accumulate, init,
+                                                      jax.tree.map(lambda x: split_micro(x, num_micro), batch))
+        else:
+            (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         metrics = {"loss": loss, "entropy": entropy, "grad_norm": optax.global_norm(grads)}
         return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
