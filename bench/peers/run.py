@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,32 @@ def run_one(name: str, python: Path, workdir: Path, run: int, steps: int) -> dic
     return json.loads(out.read_text())
 
 
+def run_interleaved(names: list[str], pythons: dict[str, Path], workdir: Path, runs: int, steps: int) -> list[dict]:
+    """Every trainer once per round, the order rotated each round; stops at the first run that fails a check."""
+    records = []
+    for run in range(1, runs + 1):
+        shift = (run - 1) % len(names)
+        for name in names[shift:] + names[:shift]:
+            rec = run_one(name, pythons[name], workdir, run, steps)
+            print(json.dumps(rec), flush=True)
+            found = workload.problems(rec)
+            if found:
+                raise SystemExit(f"peers: {name} run {run} does not do the workload: " + "; ".join(found))
+            records.append(rec)
+    return records
+
+
+def print_summary(records: list[dict], runs: int, steps: int) -> None:
+    summary = {"bench": "peers", "runs": runs, "steps": steps}
+    for label, statistic in (("median", statistics.median), ("fastest", min)):
+        table = workload.phase_table(records, statistic)
+        ratios = workload.ratios_to_best_peer(table, OURS, PEERS)
+        print(f"\n{label} of steps {workload.FIRST_MEASURED_STEP}..{steps} over {runs} interleaved runs (s):")
+        print(workload.format_table(table, ratios, OURS))
+        summary |= {f"{label}_s": table, f"{label}_ratio_to_best_peer": ratios}
+    print(json.dumps(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -129,7 +156,8 @@ def main() -> None:
     parser.add_argument("--gsm8k-dir", type=Path,
                         default=Path(os.environ.get("GSM8K_DIR") or REPO / "tests" / "trainer" / "data" / "gsm8k"))
     parser.add_argument("--envs-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--workdir", type=Path, help="default: a fresh temporary folder")
+    parser.add_argument("--workdir", type=Path, help="model, prompts, per-run logs (default: a temporary folder, "
+                                                     "removed after a successful run)")
     args = parser.parse_args()
     names = [n for n in args.trainers.split(",") if n]
     unknown = [n for n in names if n not in TRAINERS]
@@ -138,27 +166,12 @@ def main() -> None:
                      f"--steps >= {workload.FIRST_MEASURED_STEP}; received {args.trainers}, {args.runs}, {args.steps}")
     pythons = {n: Path(sys.executable) if TRAINERS[n][0] is None else ensure_env(TRAINERS[n][0], args.envs_root)
                for n in names}
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-peers-"))  # kept on failure, for the logs
     workdir.mkdir(parents=True, exist_ok=True)
     prepare(workdir, args.gsm8k_dir, args.steps)
-    records = []
-    for run in range(1, args.runs + 1):
-        shift = (run - 1) % len(names)
-        for name in names[shift:] + names[:shift]:
-            rec = run_one(name, pythons[name], workdir, run, args.steps)
-            print(json.dumps(rec), flush=True)
-            found = workload.problems(rec)
-            if found:
-                raise SystemExit(f"peers: {name} run {run} does not do the workload: " + "; ".join(found))
-            records.append(rec)
-    summary = {"bench": "peers", "runs": args.runs, "steps": args.steps, "workdir": str(workdir)}
-    for label, statistic in (("median", statistics.median), ("fastest", min)):
-        table = workload.phase_table(records, statistic)
-        ratios = workload.ratios_to_best_peer(table, OURS, PEERS)
-        print(f"\n{label} of steps {workload.FIRST_MEASURED_STEP}..{args.steps} over {args.runs} interleaved runs (s):")
-        print(workload.format_table(table, ratios, OURS))
-        summary |= {f"{label}_s": table, f"{label}_ratio_to_best_peer": ratios}
-    print(json.dumps(summary))
+    print_summary(run_interleaved(names, pythons, workdir, args.runs, args.steps), args.runs, args.steps)
+    if args.workdir is None:
+        shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":
