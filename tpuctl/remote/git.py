@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tpuctl.config import Target
+from tpuctl.remote.git_auth import git_auth_values
 from tpuctl.remote.render import render
 
 LOGS_DIR = "logs"
@@ -19,12 +20,12 @@ LOGS_DIR = "logs"
 def preflight_script(target: Target, force: bool = False) -> str:
     """Read-only: prints `problem=...` lines for anything that must stop the sync before it starts."""
     return render("sync_preflight", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
-                  force=int(force))
+                  force=int(force), env_file=target.env_file, **git_auth_values(target))
 
 
 def apply_script(target: Target, stash_label: str, stamp: str) -> str:
     return render("sync_apply", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
-                  env_file=target.env_file, stash_label=stash_label, stamp=stamp)
+                  env_file=target.env_file, stash_label=stash_label, stamp=stamp, **git_auth_values(target))
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SyncResult:
     status: str
     stashed: str = ""
     backups: tuple[str, ...] = ()
+    refused: str = ""
 
     @property
     def short_head(self) -> str:
@@ -57,4 +59,4 @@ def parse_lines(text: str, key: str) -> list[str]:
 def parse_sync(text: str) -> SyncResult:
     found = parse_fields(text)
     return SyncResult(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
-                      backups=tuple(parse_lines(text, "backup")))
+                      backups=tuple(parse_lines(text, "backup")), refused=found.get("refused", ""))

@@ -1,0 +1,66 @@
+"""How a sync's git reads a private repository: the values scripts/lib/git_auth.sh needs.
+
+Three ways, none of which leaves a credential in the checkout:
+- a forwarded SSH agent (`forward_agent`), offered on the sync's own SSH channels only;
+- a deploy key (`deploy_key`), copied to each worker like the .env (mode 600, atomic, checksum
+  verified) to `deploy_key_path(target)` and used through GIT_SSH_COMMAND with IdentitiesOnly;
+- an HTTPS token (GIT_TOKEN or GITHUB_TOKEN in the worker's env file), handed to git by a
+  credential helper, for the scheme and host of repo_url only.
+Over SSH the git host's key is checked against the pinned lines of the common hosts
+(`git_hosts_known`, beside this module) and the target's own `git_host_keys`; never accepted blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tpuctl.config import Target
+from tpuctl.console import BadInput
+
+PINNED_FILE = "git_hosts_known"
+
+
+@cache
+def pinned_host_keys() -> tuple[str, ...]:
+    """The known_hosts lines shipped for github.com and gitlab.com."""
+    text = (resources.files("tpuctl.remote") / PINNED_FILE).read_text()
+    return tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def token_origin(url: str) -> str:
+    """`scheme://host[:port]` of an http(s) repo_url, as git names it to a credential helper; "" otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def deploy_key_path(target: Target) -> str:
+    """Where the deploy key lives on each worker: one file per repository, beside the user's keys."""
+    digest = hashlib.sha256(target.repo_url.encode()).hexdigest()[:12]
+    return f"~/.ssh/tpuctl_deploy_{digest}"
+
+
+def git_auth_values(target: Target) -> dict[str, str | tuple[str, ...]]:
+    """The params every script that runs git against repo_url takes (see lib/git_auth.sh)."""
+    return {"deploy_key": deploy_key_path(target) if target.deploy_key else "",
+            "token_origin": token_origin(target.repo_url),
+            "git_host_keys": (*pinned_host_keys(), *target.git_host_keys)}
+
+
+def read_deploy_key(target: Target) -> bytes:
+    """The deploy key's bytes, after checking it is a private key ssh can use without a passphrase."""
+    path = Path(target.deploy_key).expanduser()
+    if not path.is_file():
+        raise BadInput(f"deploy_key: expected a private key file, received {target.deploy_key!r} (no such file)")
+    usable = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(path)], capture_output=True, check=False,
+                            stdin=subprocess.DEVNULL)
+    if usable.returncode != 0:
+        raise BadInput(f"deploy_key: expected a private key without a passphrase (a worker cannot type one), "
+                       f"received {target.deploy_key!r}")
+    return path.read_bytes()
