@@ -69,6 +69,7 @@ git_fetch_problem() {
   local reason
   reason=$(printf '%s\n' "$1" | grep -m 1 -E '^(fatal|error|ERROR|remote):|Permission denied|Host key verification failed' || true)
   reason=${reason:-$(printf '%s\n' "$1" | tail -n 1)}
+  reason=${reason//$'\r'/}  # ssh ends its lines with \r\n: a bare \r would split this one
   case $1 in
     *"Host key verification failed"*|*"No ED25519 host key is known"*|*"host key is known for"*)
       echo "cannot read $2: the git host's SSH key is not pinned ($reason): add its known_hosts line to git_host_keys in tpuctl.toml (see sops/private-repo.md)" ;;

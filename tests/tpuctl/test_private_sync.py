@@ -1,0 +1,155 @@
+"""`tpuctl sync` from private repositories: a local git server that demands credentials, real sshd workers.
+
+Over HTTP the server is `git http-backend` behind basic auth (tpuctl.sim.git_server); over SSH it is
+a real sshd that lets in only the keys it was given. Plain http is enough here: git hands a helper's
+credentials to any http(s) remote, so TLS would add nothing to what these tests check.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, next_address
+from tests.tpuctl.conftest import WANDB_KEY, run
+from tpuctl.sim.git_server import HttpGitServer, SshGitServer
+
+TOKEN = "ghp_PrivateRepoToken0123456789abcdefXYZ"
+THREE_WAYS = ("forward_agent = true (--forward-agent)", 'deploy_key = "~/.ssh/KEY"', "GIT_TOKEN in the .env")
+
+
+@pytest.fixture
+def http_git(tmp_path, origin):
+    server = HttpGitServer(origin.parent, "x-access-token", TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ssh_git(tmp_path, origin):
+    servers: list[SshGitServer] = []
+
+    def start(*public_keys: Path) -> SshGitServer:
+        keys = "".join(key.read_text() for key in public_keys)
+        servers.append(SshGitServer(tmp_path / f"git-host{len(servers)}", next_address(), keys).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _env_with_token(project, token: str = TOKEN, extra: str = "") -> None:
+    project.write_env(f"WANDB_API_KEY={WANDB_KEY}\nGIT_TOKEN={token}\n{extra}")
+    assert run("secrets", "push").code == 0
+
+
+class ArgvWatch:
+    """Every process's argv, read from /proc over and over while a command runs."""
+
+    def __init__(self, needle: str):
+        self.needle, self.seen, self.scans = needle.encode(), [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, daemon=True)
+
+    def _scan(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                try:
+                    argv = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+                except OSError:
+                    continue
+                if self.needle in argv:
+                    self.seen.append(argv)
+            self.scans += 1
+
+    def __enter__(self) -> ArgvWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _files_holding(root: Path, needle: str, skip: tuple[Path, ...] = ()) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and not path.is_symlink() and path not in skip
+            and needle.encode() in path.read_bytes()]
+
+
+def test_https_without_a_token_fails_in_one_line_naming_the_three_ways(project1, http_git, origin):
+    result = run("--set", f"repo_url={http_git.url(origin)}", "sync")
+    assert result.code == 2, result.all
+    assert len(result.err.strip().splitlines()) == 1
+    assert "without credentials" in result.err and all(way in result.err for way in THREE_WAYS)
+    assert not project1.remote(0, "~/repo").exists()
+
+
+def test_https_token_from_the_env_file_is_used_and_left_nowhere(project1, http_git, origin):
+    url = http_git.url(origin)
+    project1.write_config(repo_url=url)
+    (project1.workers[0].home / ".gitconfig").write_text("[credential]\n\thelper = store\n")  # would save the token
+    _env_with_token(project1)
+    with ArgvWatch(TOKEN) as watch:
+        result = run("sync")
+    assert result.code == 0, result.all
+    assert watch.scans > 0 and watch.seen == []
+    repo = project1.remote(0, "~/repo")
+    assert git("rev-parse", "HEAD", cwd=repo) == git("rev-parse", "HEAD", cwd=origin)
+    assert git("remote", "get-url", "origin", cwd=repo) == url
+    home = project1.workers[0].home
+    assert _files_holding(home, TOKEN, skip=(home / ".env", home / ".env.values")) == []
+    assert not (home / ".git-credentials").exists()
+    assert TOKEN not in result.all and TOKEN not in git("reflog", "--all", cwd=repo)
+    used = [auth for line, auth in http_git.requests if auth]
+    assert used and all(TOKEN not in line for line, _ in http_git.requests)
+
+
+def test_a_wrong_token_is_a_credentials_error_and_changes_nothing(project1, http_git, origin):
+    project1.write_config(repo_url=http_git.url(origin))
+    _env_with_token(project1, token="ghp_revoked")
+    result = run("sync")
+    assert result.code == 2 and "without credentials" in result.err, result.all
+    assert "ghp_revoked" not in result.all
+    assert not project1.remote(0, "~/repo").exists()
+
+
+def test_the_token_goes_to_the_repositorys_host_only(project1, http_git, origin, tmp_path):
+    """A second server (another port: another host for git's credential protocol) never sees the token."""
+    other = HttpGitServer(origin.parent, "x-access-token", TOKEN).start()
+    try:
+        project1.write_config(repo_url=other.url(origin))
+        _env_with_token(project1)
+        (project1.workers[0].home / ".gitconfig").write_text(
+            f'[url "{other.url(origin)}"]\n\tinsteadOf = {http_git.url(origin)}\n')
+        project1.write_config(repo_url=http_git.url(origin))
+        result = run("sync")
+    finally:
+        other.stop()
+    assert result.code == 2, result.all
+    assert other.requests and not any(auth for _, auth in other.requests)
+
+
+@pytest.mark.parametrize("token", ["tok\nen", "x\rprotocol=https"])
+def test_a_token_with_a_line_break_is_never_handed_to_git(project1, http_git, origin, token):
+    project1.write_config(repo_url=http_git.url(origin))
+    _env_with_token(project1, token=f'"{token}"')  # quoted: python-dotenv keeps the break in the value
+    result = run("sync")
+    assert result.code == 2 and "without credentials" in result.err, result.all
+    assert not any(auth for _, auth in http_git.requests)
+
+
+def test_ssh_git_host_without_credentials_or_with_an_unpinned_key(project1, ssh_git, origin, client_key, tmp_path):
+    server = ssh_git(client_key.with_suffix(".pub"))
+    project1.write_config(repo_url=server.url(origin))
+    unpinned = run("sync")
+    assert unpinned.code == 2, unpinned.all
+    assert "git host's SSH key is not pinned" in unpinned.err and "git_host_keys" in unpinned.err
+    project1.write_config(repo_url=server.url(origin), git_host_keys=[server.known_hosts_line])
+    missing = run("sync")
+    assert missing.code == 2, missing.all
+    assert "without credentials" in missing.err and all(way in missing.err for way in THREE_WAYS)
+    assert len(missing.err.strip().splitlines()) == 1
+    assert not project1.remote(0, "~/repo").exists()
