@@ -18,6 +18,7 @@ from tpuctl.config import Target
 from tpuctl.console import BadInput
 from tpuctl.follow import locate_script, run_state_script
 from tpuctl.remote.git import apply_script, preflight_script
+from tpuctl.remote.git_auth import deploy_key_install_script, deploy_key_prepare_script
 from tpuctl.remote.probe import probe_script
 from tpuctl.remote.render import heredoc_delimiter, render, script_file, ssh_preview
 from tpuctl.remote.runs import LaunchPlan, status_script, stop_script
@@ -47,6 +48,7 @@ def every_script(target: Target, workers: int) -> list[str]:
     scripts = [preflight_script(target), preflight_script(target, force=True),
                apply_script(target, "tpuctl sync 2025-01-01T00:00:00Z", "20250101T000000Z"),
                *(s for s in push_preview(target, Path(".env")) if isinstance(s, str)),
+               deploy_key_prepare_script(target), deploy_key_install_script("~/.ssh/k", "~/.ssh/k.tpuctl-X"),
                probe_script(target), status_script(target, "train"), stop_script(target, "train", 30),
                locate_script(target.remote_repo, "train"), run_state_script("/srv/repo/logs/train_20250101T000000Z")]
     scripts += [s.text if not isinstance(s, str) else s for _, s in launch_scripts(target, pool, plan)]
@@ -56,7 +58,7 @@ def every_script(target: Target, workers: int) -> list[str]:
 @pytest.mark.parametrize("python, paths, workers", list(itertools.product(PYTHON_ENVS, PATHS, (1, 3))))
 def test_every_built_script_passes_shellcheck(python, paths, workers, tmp_path):
     target = Target(hosts=tuple(f"10.0.0.{i + 2}" for i in range(workers)), repo_url="https://example.com/acme/train.git",
-                    **PYTHON_ENVS[python], **PATHS[paths])
+                    deploy_key="~/.ssh/grpo_deploy", **PYTHON_ENVS[python], **PATHS[paths])
     scripts = every_script(target, workers)
     assert len(scripts) >= 10 + 2 * workers
     files = []

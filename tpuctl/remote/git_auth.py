@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
+from tpuctl.remote.render import RenderedScript, render
 
 PINNED_FILE = "git_hosts_known"
 
@@ -64,3 +65,13 @@ def read_deploy_key(target: Target) -> bytes:
         raise BadInput(f"deploy_key: expected a private key without a passphrase (a worker cannot type one), "
                        f"received {target.deploy_key!r}")
     return path.read_bytes()
+
+
+def deploy_key_prepare_script(target: Target) -> RenderedScript:
+    """Step 1 of copying the deploy key: prints the key's path and a mode-600 temporary file beside it."""
+    return render("deploy_key_prepare", key_path=deploy_key_path(target))
+
+
+def deploy_key_install_script(path: str, temporary: str) -> RenderedScript:
+    """Step 2: rename the written temporary file into place, print its checksum and mode."""
+    return render("deploy_key_install", path=path, temporary=temporary)

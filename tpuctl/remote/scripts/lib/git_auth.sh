@@ -48,7 +48,7 @@ git_auth_begin() {
   git_auth_dir=$(mktemp -d)
   trap 'rm -rf -- "$git_auth_dir"' EXIT
   if [ "${#git_host_keys[@]}" -gt 0 ]; then printf '%s\n' "${git_host_keys[@]}"; fi > "$git_auth_dir/known_hosts"
-  local ssh_command key
+  local ssh_command key helper
   ssh_command="ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null"
   ssh_command+=" -o UserKnownHostsFile=$(sh_word "$git_auth_dir/known_hosts")"
   if [ -n "$deploy_key" ]; then
@@ -60,7 +60,8 @@ git_auth_begin() {
   TPUCTL_GIT_ENV_VALUES="$(expand_home "$env_file").values"
   export TPUCTL_GIT_ENV_VALUES TPUCTL_GIT_TOKEN_ORIGIN="$token_origin"
   export GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0=""
-  export GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1="!bash $(sh_word "$git_auth_dir/credential_helper")"
+  helper="!bash $(sh_word "$git_auth_dir/credential_helper")"
+  export GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1="$helper"
 }
 
 # git_fetch_problem OUTPUT URL: one line saying why git could not read URL, and what to set up when
