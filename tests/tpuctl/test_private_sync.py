@@ -7,6 +7,9 @@ credentials to any http(s) remote, so TLS would add nothing to what these tests 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -14,7 +17,9 @@ import pytest
 
 from tests.conftest import git, next_address
 from tests.tpuctl.conftest import WANDB_KEY, run
+from tests.tpuctl.test_runs import wait_for
 from tpuctl.sim.git_server import HttpGitServer, SshGitServer
+from tpuctl.sim.sshd import keygen
 
 TOKEN = "ghp_PrivateRepoToken0123456789abcdefXYZ"
 THREE_WAYS = ("forward_agent = true (--forward-agent)", 'deploy_key = "~/.ssh/KEY"', "GIT_TOKEN in the .env")
@@ -153,3 +158,106 @@ def test_ssh_git_host_without_credentials_or_with_an_unpinned_key(project1, ssh_
     assert "without credentials" in missing.err and all(way in missing.err for way in THREE_WAYS)
     assert len(missing.err.strip().splitlines()) == 1
     assert not project1.remote(0, "~/repo").exists()
+
+
+def test_a_deploy_key_is_copied_like_the_env_and_used_for_this_repository_only(project1, ssh_git, origin, tmp_path):
+    deploy = keygen(tmp_path / "grpo_deploy", comment="deploy")
+    server = ssh_git(deploy.with_suffix(".pub"))
+    project1.write_config(repo_url=server.url(origin), deploy_key=str(deploy), git_host_keys=[server.known_hosts_line])
+    for attempt in range(2):  # the second sync copies the same key again, atomically
+        result = run("sync")
+        assert result.code == 0, result.all
+    repo = project1.remote(0, "~/repo")
+    assert git("rev-parse", "HEAD", cwd=repo) == git("rev-parse", "HEAD", cwd=origin)
+    (copied,) = (project1.workers[0].home / ".ssh").glob("tpuctl_deploy_*")
+    assert copied.read_bytes() == deploy.read_bytes() and copied.stat().st_mode & 0o777 == 0o600
+    assert not list(copied.parent.glob("*.tpuctl-*"))  # no temporary file left
+    assert deploy.read_text().splitlines()[1] not in result.all
+    assert "sshCommand" not in (repo / ".git" / "config").read_text()
+
+
+def test_a_deploy_key_with_a_passphrase_is_refused_before_any_worker_changes(project1, ssh_git, origin, tmp_path):
+    locked = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    server = ssh_git(locked.with_suffix(".pub"))
+    project1.write_config(repo_url=server.url(origin), deploy_key=str(locked), git_host_keys=[server.known_hosts_line])
+    result = run("sync")
+    assert result.code == 2 and "deploy_key: expected a private key without a passphrase" in result.err, result.all
+    assert not (project1.workers[0].home / ".ssh").exists()
+
+
+@pytest.fixture
+def ssh_agent(tmp_path, monkeypatch):
+    """A real ssh-agent of this test, holding one key, as SSH_AUTH_SOCK (stopped by its pid at teardown)."""
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    key = keygen(tmp_path / "agent_key", comment="in-the-agent")
+    try:
+        wait_for(socket_path.exists, timeout=10)
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)},
+                       check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        yield key
+    finally:
+        agent.kill()
+        agent.wait(timeout=10)
+
+
+def test_agent_forwarding_is_opt_in_and_only_for_syncs_git(project1, ssh_git, origin, ssh_agent):
+    server = ssh_git(ssh_agent.with_suffix(".pub"))
+    project1.write_config(repo_url=server.url(origin), git_host_keys=[server.known_hosts_line])
+    not_asked = run("sync")
+    assert not_asked.code == 2 and "without credentials" in not_asked.err, not_asked.all
+    forwarded = run("sync", "--forward-agent")
+    assert forwarded.code == 0, forwarded.all
+    assert git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo")) == git("rev-parse", "HEAD", cwd=origin)
+    project1.write_config(repo_url=server.url(origin), git_host_keys=[server.known_hosts_line], forward_agent=True)
+    assert run("sync").code == 0
+    launched = run("launch", "--name", "agent", "--", "bash", "-c", 'echo "agent=${SSH_AUTH_SOCK:-none}"')
+    assert launched.code == 0, launched.all
+    assert run("tail", "--name", "agent", "--until-exit").code == 0
+    log = next((project1.remote(0, "~/repo") / "logs").glob("agent_*.log")).read_text()
+    assert "agent=none" in log
+
+
+def test_forward_agent_without_an_agent_here_is_bad_input(project1, ssh_git, origin, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    result = run("sync", "--forward-agent")
+    assert result.code == 2 and "SSH_AUTH_SOCK" in result.err, result.all
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_a_private_submodule_comes_along_with_the_same_token(project1, http_git, origin, tmp_path):
+    sub = tmp_path / "sub.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(sub), cwd=tmp_path)
+    sub_work = tmp_path / "sub-work"
+    git("clone", "--quiet", str(sub), str(sub_work), cwd=tmp_path)
+    (sub_work / "reward.py").write_text("REWARD = 1\n")
+    git("add", "-A", cwd=sub_work)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "sub", cwd=sub_work)
+    git("push", "--quiet", "origin", "main", cwd=sub_work)
+    work = tmp_path / "origin-work"
+    git("-c", "protocol.file.allow=always", "submodule", "add", "--quiet", "../sub.git", "libs/sub", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "add sub", cwd=work)
+    git("push", "--quiet", "origin", "main", cwd=work)
+    project1.write_config(repo_url=http_git.url(origin))
+    _env_with_token(project1)
+    result = run("sync")
+    assert result.code == 0, result.all
+    assert (project1.remote(0, "~/repo") / "libs" / "sub" / "reward.py").read_text() == "REWARD = 1\n"
+    assert any("/sub.git/" in line for line, _ in http_git.requests)
+
+
+@pytest.mark.skipif(shutil.which("git-lfs") is not None, reason="checks a worker WITHOUT git-lfs; this machine has it")
+def test_an_lfs_repository_on_a_worker_without_git_lfs_is_one_clear_error(project1, origin):
+    assert run("sync").code == 0
+    work = origin.parent / "origin-work"
+    (work / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    git("add", ".gitattributes", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "lfs", cwd=work)
+    git("push", "--quiet", "origin", "main", cwd=work)
+    before = git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo"))
+    result = run("sync")
+    assert result.code == 2, result.all
+    assert "git-lfs is not installed on the worker" in result.err and len(result.err.strip().splitlines()) == 1
+    assert git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo")) == before
