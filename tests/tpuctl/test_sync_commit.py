@@ -78,8 +78,8 @@ def test_launch_records_the_workers_commit_and_status_shows_it(project1):
     assert run("launch", "--", "./fake_trainer.sh", "--steps", "1", "--sleep", "0").code == 0
     assert run("tail", "--until-exit").code == 0
     meta = json.loads(next((project1.remote(0, "~/repo") / "logs").glob("train_*.meta.json")).read_text())
-    assert meta["commit"] == head
+    assert meta["git_head"] == head
     status = run("status")
     assert status.code == 0 and head[:7] in status.out, status.all
     as_json = json.loads(run("status", "--json").out)
-    assert as_json[0]["meta"]["commit"] == head
+    assert as_json[0]["meta"]["git_head"] == head
