@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.config import IAP_PROXY_COMMAND, Target
 from tpuctl.sim import tcp_relay
 from tpuctl.sim.fake_tpu_api import SimEndpoint, host_keys_of

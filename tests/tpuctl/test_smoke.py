@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.tpuctl.conftest import WANDB_KEY, run
+from tests.tpuctl.helpers import WANDB_KEY, run
 from tpuctl.smoke_checks import rollout_backend
 
 pytest.importorskip("jax")
