@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tpuctl.console import BadInput
+from tpuctl.pairs import NONEMPTY_KEY, split_pair
 
 PROJECT_FILE = "tpuctl.toml"
 
@@ -206,13 +207,10 @@ def coerce(key: str, raw: Any, origin: str) -> Any:
 
 
 def _parse_pairs(key: str, raw: str, origin: str) -> dict[str, str]:
-    pairs = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise BadInput(f"{key} in {origin}: expected name=value pairs separated by commas, received {raw!r}")
-        pairs[name.strip()] = value.strip()
-    return pairs
+    pairs = [split_pair(item, NONEMPTY_KEY) for item in filter(None, (part.strip() for part in raw.split(",")))]
+    if None in pairs:
+        raise BadInput(f"{key} in {origin}: expected name=value pairs separated by commas, received {raw!r}")
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def find_project_file(start: Path) -> Path | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from tpuctl.console import TpuctlError, err_console
-from tpuctl.remote.git import parse_fields
+from tpuctl.pairs import fields
 from tpuctl.remote.render import render
 from tpuctl.transport import ConnectError, Session
 from tpuctl.workers import Worker
@@ -114,9 +114,9 @@ class LogFollower:
         if time.monotonic() - self._checked_at < self.liveness_interval_s:
             return
         self._checked_at = time.monotonic()
-        state = parse_fields(self.session.exec(self.worker, run_state_script(self.base), "checking the run").out)
+        state = fields(self.session.exec(self.worker, run_state_script(self.base), "checking the run").out)
         if state.get("state") == "vanished" and self.exit_code() is None:
-            raise RunVanished(f"worker {self.worker.index} ({self.worker.address}): run {self.name!r} vanished: no "
+            raise RunVanished(f"{self.worker}: run {self.name!r} vanished: no "
                               "process left and no exit file (killed with its runner, or the host rebooted or was "
                               "preempted); see tpuctl status")
 
@@ -140,7 +140,7 @@ class LogFollower:
                                       highlight=False, markup=False)
                 self._reset()
                 if time.monotonic() > deadline:
-                    raise TpuctlError(f"worker {self.worker.index} ({self.worker.address}): lost the connection "
+                    raise TpuctlError(f"{self.worker}: lost the connection "
                                       f"and could not reconnect within {self.reconnect_timeout_s:.0f} s: {exc}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -183,7 +183,7 @@ class LogFollower:
 
 def locate(session: Session, worker: Worker, repo: str, name: str) -> str:
     """The base path (`/abs/logs/NAME_STAMP`) of the newest run named `name` on `worker`."""
-    found = parse_fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
+    found = fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
     if "missing" in found:
         raise TpuctlError(f"worker {worker.index}: no run named {name!r} ({found['missing']})")
     return found["base"]

@@ -54,16 +54,15 @@ class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
-        where = f"worker {self.worker.index} ({self.worker.address})"
         pin_hint = f"`tpuctl --target {self.target_alias} trust --worker {self.worker.index} --write"
         if not self.worker.fingerprints:
             raise HostKeyError(
-                f"{where} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
+                f"{self.worker} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
                 f"Check the fingerprint out of band, then pin it with {pin_hint}` or add it to host_keys"
             )
         if seen not in self.worker.fingerprints:
             raise HostKeyError(
-                f"{where} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
+                f"{self.worker} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
                 f"the key CHANGED. If the VM was recreated, re-pin with {pin_hint} --replace`; otherwise do not connect"
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
@@ -159,7 +158,7 @@ class Session:
                     raise _user_error(worker, exc) from None
                 last = exc
                 time.sleep(0.25 * 2**attempt)
-        raise ConnectError(f"cannot connect to worker {worker.index} ({worker.address}) after "
+        raise ConnectError(f"cannot connect to {worker} after "
                            f"{CONNECT_ATTEMPTS} attempts: {_describe(last)}")
 
     def _new_connection(self, worker: Worker) -> Connection:
@@ -194,14 +193,14 @@ class Session:
             stdout, stderr = _drain(channel, timeout, self.target.ssh_timeout)
             result = ExecResult(stdout, stderr, channel.recv_exit_status())
         except TimeoutError:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
+            raise TpuctlError(f"{worker}: {what}: no answer within {timeout:.0f} s") from None
         except ConnectionLost as exc:
             self.drop(worker)
-            raise ConnectionLost(f"worker {worker.index} ({worker.address}): {what}: {exc}") from None
+            raise ConnectionLost(f"{worker}: {what}: {exc}") from None
         finally:
             channel.close()
         if result.code != 0:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what} failed: {result.failure}")
+            raise TpuctlError(f"{worker}: {what} failed: {result.failure}")
         return result
 
     def sftp(self, worker: Worker) -> paramiko.SFTPClient:
@@ -232,7 +231,7 @@ class Session:
                 return Outcome(worker, error=str(exc))
             except Exception as exc:  # noqa: BLE001 - reported per worker, never swallowed
                 self.drop(worker)
-                return Outcome(worker, error=f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+                return Outcome(worker, error=f"{worker}: {_describe(exc)}")
 
         if len(workers) <= 1:
             return [guarded(worker) for worker in workers]
@@ -284,9 +283,9 @@ def _user_error(worker: Worker, exc: BaseException) -> TpuctlError:
     if isinstance(exc, TpuctlError):
         return exc
     if isinstance(exc, paramiko.AuthenticationException):
-        return TpuctlError(f"worker {worker.index} ({worker.address}): authentication failed; check user and "
+        return TpuctlError(f"{worker}: authentication failed; check user and "
                            f"identity_file (the public key must be in the VM's authorized keys or metadata)")
-    return TpuctlError(f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+    return TpuctlError(f"{worker}: {_describe(exc)}")
 
 
 def _describe(exc: BaseException | None) -> str:

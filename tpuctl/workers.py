@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tpuctl.config import Target
+from tpuctl.config import HostPort, Target
 from tpuctl.console import BadInput
 from tpuctl.remote.render import fill_template
 
@@ -26,14 +26,17 @@ class Worker:
     # The VM's instance name (TPU workers publish it); IAP tunnels connect to instances by name.
     instance: str = ""
 
+    def __str__(self) -> str:
+        """How messages name a worker: `worker 1 (10.0.0.3:22)`."""
+        return f"worker {self.index} ({self.address})"
+
     @property
     def label(self) -> str:
         return f"w{self.index}"
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return str(HostPort(self.host, self.port))
 
 
 def parse_worker_spec(spec: str, count: int) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.tpuctl.helpers import exit_text, logs, run, tail_a_long_run, tpuctl_process
-from tpuctl.remote.git import parse_fields
+from tpuctl.pairs import fields
 from tpuctl.remote.runs import LaunchPlan, launch_script
 
 STEP = "step={} loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.0{}s"
@@ -168,13 +168,13 @@ def test_a_launch_with_the_same_stamp_never_overwrites_a_runs_files(synced1):
     """Two launches of one name in the same second (the first already done): the files are noclobber."""
     session, workers = synced1.session()
     plan = LaunchPlan("quick", "20250101T000000Z", ("bash", "-c", "echo first"))
-    first = parse_fields(session.exec(workers[0], launch_script(session.target, plan, 0, {}), "launch").out)
+    first = fields(session.exec(workers[0], launch_script(session.target, plan, 0, {}), "launch").out)
     assert first.get("pid"), first
     assert exit_text(synced1, "quick") == "0"
     log = logs(synced1) / "quick_20250101T000000Z.log"
     before = log.read_text()
     again = LaunchPlan("quick", "20250101T000000Z", ("bash", "-c", "echo second"))
-    second = parse_fields(session.exec(workers[0], launch_script(session.target, again, 0, {}), "launch").out)
+    second = fields(session.exec(workers[0], launch_script(session.target, again, 0, {}), "launch").out)
     session.close()
     assert "the files of run logs/quick_20250101T000000Z exist already" in second.get("refused", ""), second
     time.sleep(0.5)

@@ -24,7 +24,8 @@ from tpuctl.commands.common import (
 )
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError, console, err_console, printable, shown
-from tpuctl.remote.git import LOGS_DIR, parse_fields, parse_lines
+from tpuctl.pairs import fields, values_of
+from tpuctl.remote.git import LOGS_DIR
 from tpuctl.remote.runs import (
     LaunchPlan,
     RunStatus,
@@ -78,9 +79,9 @@ def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan)
     checks = session.each(workers, lambda w: session.exec(w, launch_preflight_script(target, plan.name), "launch preflight").out)
     if not report_errors(checks):
         return False
-    problems = [f"worker {c.worker.index}: {line}" for c in checks for line in parse_lines(c.value, "problem")]
+    problems = [f"worker {c.worker.index}: {line}" for c in checks for line in values_of(c.value, "problem")]
     for check in checks:
-        for line in parse_lines(check.value, "warning"):
+        for line in values_of(check.value, "warning"):
             console.print(f"[yellow]{check.worker.label} warning:[/] {shown(line)}", highlight=False)
     if problems:
         raise BadInput("launch refused: " + "; ".join(problems))
@@ -103,7 +104,7 @@ def run_launch(session, target: Target, workers: list[Worker], plan: LaunchPlan)
 
 def _start(session, target: Target, worker: Worker, plan: LaunchPlan, env: dict[str, str]) -> dict[str, str]:
     result = session.exec(worker, launch_script(target, plan, worker.index, env), "launch")
-    found = parse_fields(result.out)
+    found = fields(result.out)
     if not found.get("pid") and not found.get("refused"):
         raise TpuctlError(f"worker {worker.index}: the run did not start (no pid file after 5 s): {result.failure}")
     return found
@@ -177,11 +178,11 @@ def run_stop(session, target: Target, workers: list[Worker], name: str, grace_s:
     unverified = False
     for o in outcomes:
         if o.ok:
-            signals = parse_lines(o.value, "signal")
+            signals = values_of(o.value, "signal")
             what = words.get(signals[-1], signals[-1]) if signals else f"no run named {name!r}"
             unverified = unverified or "unverified" in signals
             console.out(printable(f"{o.worker.label} {o.worker.address}  {what}; lock file "
-                                  f"{parse_fields(o.value).get('lock', '?')}"), highlight=False)
+                                  f"{fields(o.value).get('lock', '?')}"), highlight=False)
     return report_errors(outcomes) and not unverified
 
 

@@ -20,7 +20,7 @@ from tpuctl.commands.common import (
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError, console, printable
 from tpuctl.envfile import EnvFile, load_env_file
-from tpuctl.remote.git import parse_fields
+from tpuctl.pairs import fields
 from tpuctl.remote.render import render
 from tpuctl.workers import Worker
 
@@ -54,7 +54,7 @@ def _write(sftp, path: str, data: bytes) -> None:
 
 
 def push_env(session, target: Target, worker: Worker, env: EnvFile) -> dict[str, str]:
-    prepared = parse_fields(session.exec(worker, prepare_script(target), "preparing the env file").out)
+    prepared = fields(session.exec(worker, prepare_script(target), "preparing the env file").out)
     path, temporaries = prepared["path"], (prepared["temporary"], prepared["values_temporary"])
     if not all(t.startswith(f"{path}.tpuctl-") for t in temporaries):
         raise TpuctlError(f"worker {worker.index}: unexpected temporary files {temporaries!r} beside {path}")
@@ -62,7 +62,7 @@ def push_env(session, target: Target, worker: Worker, env: EnvFile) -> dict[str,
     try:
         _write(sftp, temporaries[0], env.data)
         _write(sftp, temporaries[1], env.records)
-        found = parse_fields(session.exec(worker, install_script(path, *temporaries), "installing the env file").out)
+        found = fields(session.exec(worker, install_script(path, *temporaries), "installing the env file").out)
     except BaseException:
         for temporary in temporaries:
             try:

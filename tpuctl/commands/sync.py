@@ -18,7 +18,8 @@ from tpuctl.commands.common import (
 )
 from tpuctl.config import Target
 from tpuctl.console import BadInput, console, printable, shown
-from tpuctl.remote.git import SyncResult, apply_script, parse_lines, parse_sync, preflight_script
+from tpuctl.pairs import values_of
+from tpuctl.remote.git import SyncResult, apply_script, parse_sync, preflight_script
 from tpuctl.workers import Worker
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Sync even while a run is alive in the checkout (warns).")]
@@ -45,9 +46,9 @@ def run_sync(session, target: Target, workers: list[Worker], stash_label: str, s
     if not report_errors(checks):
         return False
     for check in checks:
-        for line in parse_lines(check.value, "warning"):
+        for line in values_of(check.value, "warning"):
             console.print(f"[yellow]{check.worker.label} warning:[/] {shown(line)}", highlight=False)
-    problems = [f"worker {c.worker.index}: {line}" for c in checks for line in parse_lines(c.value, "problem")]
+    problems = [f"worker {c.worker.index}: {line}" for c in checks for line in values_of(c.value, "problem")]
     if problems:
         raise BadInput("sync refused: " + "; ".join(problems) + " (nothing was changed)")
     outcomes = session.each(workers, lambda w: _apply(session, target, w, stash_label, stamp))

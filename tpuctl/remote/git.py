@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tpuctl.config import Target
+from tpuctl.pairs import fields, values_of
 from tpuctl.remote.render import render
 
 LOGS_DIR = "logs"
@@ -39,22 +40,7 @@ class SyncResult:
         return self.head[:7]
 
 
-def parse_fields(text: str) -> dict[str, str]:
-    """`key=value` lines printed by a remote script (later lines win)."""
-    found = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.isidentifier():
-            found[key] = value
-    return found
-
-
-def parse_lines(text: str, key: str) -> list[str]:
-    """Every value of `key=` lines, in order (for keys a script prints more than once)."""
-    return [line[len(key) + 1:] for line in text.splitlines() if line.startswith(key + "=")]
-
-
 def parse_sync(text: str) -> SyncResult:
-    found = parse_fields(text)
+    found = fields(text)
     return SyncResult(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
-                      backups=tuple(parse_lines(text, "backup")))
+                      backups=tuple(values_of(text, "backup")))

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
-from tpuctl.remote.git import LOGS_DIR, parse_fields
+from tpuctl.pairs import SHELL_NAME, fields, leading_assignments, parse_pairs
+from tpuctl.remote.git import LOGS_DIR
 from tpuctl.remote.render import render
 
 LIBTPU_LOCKFILE = "/tmp/libtpu_lockfile"
 # Device files a process holds while it owns TPU chips (v4/v5 expose /dev/accel*, v5e/v6e VFIO).
 TPU_DEVICE_PATTERNS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _STEP_FIELD = re.compile(r"(\w+)=(\S+)")
 
 
@@ -45,13 +45,7 @@ def check_run_name(name: str) -> str:
 
 def parse_env_assignments(pairs: Sequence[str]) -> dict[str, str]:
     """`--env KEY=VALUE` options (plain settings, not secrets: those belong in the .env)."""
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not _ENV_KEY.fullmatch(key):
-            raise BadInput(f"bad --env {pair!r}: expected KEY=VALUE with KEY a shell variable name")
-        env[key] = value
-    return env
+    return parse_pairs(pairs, "--env", " with KEY a shell variable name", SHELL_NAME)
 
 
 def _python_env(target: Target) -> dict[str, str]:
@@ -84,13 +78,7 @@ class LaunchPlan:
     @property
     def assignments(self) -> dict[str, str]:
         """Leading `NAME=value` words (as in `STEPS=1 python train.py`): the command's own environment."""
-        found = {}
-        for word in self.command:
-            name, sep, value = word.partition("=")
-            if not (sep and _ENV_KEY.fullmatch(name)):
-                break
-            found[name] = value
-        return found
+        return leading_assignments(self.command)
 
     @property
     def argv(self) -> Sequence[str]:
@@ -145,14 +133,14 @@ def status_script(target: Target, name: str) -> str:
 
 def parse_step_line(line: str) -> dict[str, str]:
     """`step=3 loss=0.1 entropy=0.2 reward_mean=0.5 dt=1.2s` -> its fields (`dt` keeps no unit)."""
-    fields = dict(_STEP_FIELD.findall(line[line.find("step="):] if "step=" in line else ""))
-    if "dt" in fields:
-        fields["dt"] = fields["dt"].removesuffix("s")
-    return fields
+    found = dict(_STEP_FIELD.findall(line[line.find("step="):] if "step=" in line else ""))
+    if "dt" in found:
+        found["dt"] = found["dt"].removesuffix("s")
+    return found
 
 
 def parse_status(text: str) -> RunStatus:
-    found = parse_fields(text)
+    found = fields(text)
     state = found.get("state", "vanished")
     if state == "none":
         return RunStatus("none")
