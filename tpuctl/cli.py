@@ -1,6 +1,6 @@
 """The `tpuctl` entry point: global options, then one module per command group.
 
-Nothing heavy is imported here: fabric, paramiko, google-cloud and jax load only inside commands,
+Nothing heavy is imported here: paramiko, google-cloud and jax load only inside commands,
 so `tpuctl --help` stays fast.
 """
 

@@ -21,6 +21,7 @@ import paramiko
 from tpuctl.console import TpuctlError, err_console
 from tpuctl.pairs import fields
 from tpuctl.remote.render import render
+from tpuctl.retry import backoff_s, retrying
 from tpuctl.transport import ConnectError, Session
 from tpuctl.workers import Worker
 
@@ -129,21 +130,19 @@ class LogFollower:
 
     def _guarded(self, action: Callable[[], object]):
         """Run `action`, reconnecting with backoff while the worker is unreachable (never on a bad host key)."""
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        delay = 0.25
-        while True:
-            try:
-                return action()
-            except (*_DROPPED, ConnectError) as exc:
-                if self._sftp is not None:
-                    err_console.print(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting",
-                                      highlight=False, markup=False)
-                self._reset()
-                if time.monotonic() > deadline:
-                    raise TpuctlError(f"{self.worker}: lost the connection "
-                                      f"and could not reconnect within {self.reconnect_timeout_s:.0f} s: {exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            return retrying(action, lambda exc: isinstance(exc, (*_DROPPED, ConnectError)),
+                            lambda exc, attempt: backoff_s(attempt, 0.25, 5.0), deadline_s=self.reconnect_timeout_s,
+                            on_failure=self._lost)
+        except (*_DROPPED, ConnectError) as exc:
+            raise TpuctlError(f"{self.worker}: lost the connection and could not reconnect within "
+                              f"{self.reconnect_timeout_s:.0f} s: {exc}") from None
+
+    def _lost(self, exc: Exception) -> None:
+        if self._sftp is not None:
+            err_console.print(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting",
+                              highlight=False, markup=False)
+        self._reset()
 
     def _emit_lines(self, data: bytes) -> None:
         lines = (self.pending + data).split(b"\n")

@@ -1,6 +1,6 @@
 """What every command shares: its options, the target it acts on, and per-worker reporting.
 
-Kept light on purpose: fabric and paramiko are imported only once a command runs.
+Kept light on purpose: paramiko is imported only once a command runs.
 """
 
 from __future__ import annotations
