@@ -1,7 +1,7 @@
-"""The `tpuctl` entry point: global options, then one module per command group.
+"""The `tpuctl` entry point: global options, exit codes, and the command groups (tpuctl.commands).
 
-Nothing heavy is imported here: paramiko, google-cloud and jax load only inside commands,
-so `tpuctl --help` stays fast.
+Nothing heavy is imported here: paramiko, google-cloud and jax load only inside commands, so
+`tpuctl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from tpuctl import __version__
 from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, tpu, trust, verify
-from tpuctl.config import Overrides
+from tpuctl.commands.common import Overrides
 from tpuctl.console import EXIT_BAD_INPUT, BadInput, TpuctlError, abort, console
 from tpuctl.pairs import parse_pairs
 

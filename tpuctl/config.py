@@ -178,6 +178,9 @@ FIELD_KINDS: dict[str, type] = {
 }
 
 
+SETTINGS = tuple(FIELD_KINDS)
+
+
 def env_name(key: str) -> str:
     return "TPUCTL_" + key.upper()
 
@@ -238,26 +241,20 @@ def read_project_file(path: Path) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
-class Overrides:
-    """What the command line asked for: a config file, a target, and field values."""
-
-    config_path: str | None = None
-    target: str | None = None
-    values: Mapping[str, str] = field(default_factory=dict)
-
-
-def load_target(overrides: Overrides, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Target:
+def load_target(config_path: str | None = None, alias: str | None = None, flags: Mapping[str, str] | None = None,
+                environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Target:
+    """The target `alias` (else TPUCTL_TARGET, else the file's default) from its layers: defaults <
+    tpuctl.toml < TPUCTL_<SETTING> < `flags` (the command line's settings)."""
     environ = os.environ if environ is None else environ
-    path = project_path(overrides, environ, cwd)
+    path = project_path(config_path, environ, cwd)
     data = read_project_file(path) if path else {}
-    alias = _select_alias(overrides, environ, data, path)
+    alias = _select_alias(alias or environ.get("TPUCTL_TARGET"), data, path)
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if path and alias in data.get("targets", {}):
         layers.append((f"{path.name} [targets.{alias}]", data["targets"][alias]))
     env_values = {key: environ[env_name(key)] for key in FIELD_KINDS if env_name(key) in environ}
     layers.append(("environment", env_values))
-    layers.append(("flag", overrides.values))
+    layers.append(("flag", flags or {}))
     values: dict[str, Any] = {}
     sources = {key: "default" for key in FIELD_KINDS}
     for origin, layer in layers:
@@ -268,10 +265,11 @@ def load_target(overrides: Overrides, environ: Mapping[str, str] | None = None, 
     return Target(alias=alias, sources=sources, **values)
 
 
-def project_path(overrides: Overrides, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+def project_path(config_path: str | None = None, environ: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> Path | None:
     """The project file in use: --config, else TPUCTL_CONFIG, else tpuctl.toml here or in a parent folder."""
     environ = os.environ if environ is None else environ
-    explicit = overrides.config_path or environ.get("TPUCTL_CONFIG")
+    explicit = config_path or environ.get("TPUCTL_CONFIG")
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -280,9 +278,9 @@ def project_path(overrides: Overrides, environ: Mapping[str, str] | None = None,
     return find_project_file(cwd or Path.cwd())
 
 
-def _select_alias(overrides: Overrides, environ: Mapping[str, str], data: Mapping[str, Any], path: Path | None) -> str:
+def _select_alias(alias: str | None, data: Mapping[str, Any], path: Path | None) -> str:
     targets = data.get("targets", {})
-    alias = overrides.target or environ.get("TPUCTL_TARGET") or data.get("default_target")
+    alias = alias or data.get("default_target")
     if alias is None:
         if len(targets) > 1:
             raise BadInput(f"{path} defines several targets ({', '.join(targets)}); choose one with --target "

@@ -1,4 +1,10 @@
-"""Workers of a target and the `--worker` selection syntax: 0 | all | 0,2 | 1-3."""
+"""A worker (one host of a target) and how it is named, reached and selected.
+
+Worker prints as `worker 1 (10.0.0.3:22)` in messages; `--worker` selects by index (0 | all | 0,2 |
+1-3); a target's explicit hosts make its workers here, a TPU VM's come from the TPU API
+(tpuctl.gcp.discovery, chosen between in tpuctl.ops.targets); `proxy_for` fills in the ProxyCommand
+that reaches one.
+"""
 
 from __future__ import annotations
 
@@ -68,29 +74,6 @@ def explicit_workers(target: Target) -> list[Worker]:
         Worker(index=i, host=hp.host, port=hp.port, fingerprints=(keys[i],) if keys[i] else ())
         for i, hp in enumerate(target.host_ports())
     ]
-
-
-def resolve_workers(target: Target, require_ready: bool = True) -> list[Worker]:
-    """All workers of the target, in worker-index order: its explicit hosts, else its TPU VM's workers.
-
-    A TPU VM's workers come from the TPU API (see tpuctl.gcp.discovery); `require_ready=False` also
-    accepts a node that cannot be used now (e.g. PREEMPTED), for commands that only report on it.
-    """
-    if target.hosts:
-        return explicit_workers(target)
-    if target.name:
-        from tpuctl.gcp.discovery import discover_workers
-
-        return discover_workers(target, require_ready)
-    raise BadInput(
-        f"target {target.alias!r} has no hosts: set hosts = [\"host[:port]\", ...] in tpuctl.toml "
-        f"or TPUCTL_HOSTS, or name a TPU VM (name, project, zone) to find its workers through the TPU API"
-    )
-
-
-def select_workers(target: Target, spec: str, require_ready: bool = True) -> list[Worker]:
-    workers = resolve_workers(target, require_ready)
-    return [workers[i] for i in parse_worker_spec(spec, len(workers))]
 
 
 def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:

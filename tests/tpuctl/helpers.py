@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from tests.helpers import wait_for
 from tpuctl.cli import app
 from tpuctl.config import Target
+from tpuctl.ops.targets import resolve_workers
 from tpuctl.sim.sshd import SshdWorker
 from tpuctl.transport import Session
-from tpuctl.workers import resolve_workers
 
 WANDB_KEY = "wandb-secret-" + "7" * 40  # what must never show up anywhere
 HF_TOKEN = "hf_secretvalue_QQQ"

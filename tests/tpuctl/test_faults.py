@@ -15,8 +15,8 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.tpuctl.helpers import exit_text, logs, run, tail_a_long_run, tpuctl_process
+from tpuctl.ops.launch import LaunchPlan, launch_script
 from tpuctl.pairs import fields
-from tpuctl.remote.runs import LaunchPlan, launch_script
 
 STEP = "step={} loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.0{}s"
 

@@ -15,8 +15,8 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.tpuctl.helpers import HF_TOKEN, WANDB_KEY, exit_text, logs, run
-from tpuctl.commands.runs import utc_stamp
-from tpuctl.remote.runs import parse_status, status_script
+from tpuctl.ops.runs import utc_stamp
+from tpuctl.ops.status import parse_status, status_script
 
 
 def test_launch_writes_run_files_with_relative_latest_links(synced1):
@@ -125,7 +125,7 @@ def test_lock_file_removed_only_when_no_process_holds_the_devices(synced1, tmp_p
     device.write_text("")
     lock = tmp_path / "libtpu_lockfile"
     lock.write_text("")
-    from tpuctl.remote.runs import stop_script
+    from tpuctl.ops.stop import stop_script
 
     holder = subprocess.Popen(["bash", "-c", f"exec 3<{device}; sleep 30"])
     try:
@@ -192,7 +192,7 @@ def test_the_lock_file_is_kept_when_not_every_process_can_be_seen(synced1, tmp_p
     lock = shared / "libtpu_lockfile"
     lock.write_text("")
     lock.chmod(0o666)
-    from tpuctl.remote.runs import stop_script
+    from tpuctl.ops.stop import stop_script
 
     script = stop_script(session.target, "train", 1, lockfile=str(lock), device_patterns=(str(device),))
     holder = subprocess.Popen(["bash", "-c", f"exec 3<{device}; sleep 30"])  # root holds the "TPU"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.tpuctl.helpers import WANDB_KEY, run
-from tpuctl.smoke_checks import rollout_backend
+from tpuctl.ops.smoke import rollout_backend
 
 pytest.importorskip("jax")
 

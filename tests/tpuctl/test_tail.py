@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.tpuctl.helpers import exit_text, run, tail_a_long_run
-from tpuctl.follow import LogFollower
+from tpuctl.ops.tail import LogFollower
 
 
 def test_last_lines(project1):

@@ -42,6 +42,11 @@ def require(target: Target, key: str, what: str) -> str:
     return value
 
 
+def node_path(project: str, zone: str, name: str) -> str:
+    """A node's resource name: how the API names it, and the key its host-key pins are kept under."""
+    return f"projects/{project}/locations/{zone}/nodes/{name}"
+
+
 def connect(target: Target) -> TpuApi:
     """The TPU API for the target's project and zone."""
     project = require(target, "project", "a Google Cloud project ID")
@@ -83,7 +88,7 @@ class TpuApi:
         return f"projects/{self.project}/locations/{self.zone}"
 
     def node_path(self, name: str) -> str:
-        return f"{self.parent}/nodes/{name}"
+        return node_path(self.project, self.zone, name)
 
     def queued_path(self, name: str) -> str:
         return f"{self.parent}/queuedResources/{name}"
