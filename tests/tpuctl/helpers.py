@@ -24,7 +24,7 @@ from tpuctl.transport import Session
 WANDB_KEY = "wandb-secret-" + "7" * 40  # what must never show up anywhere
 HF_TOKEN = "hf_secretvalue_QQQ"
 # What `tpuctl --help` must not import: the CLI starts fast (tests/tpuctl/test_cli_startup.py).
-HEAVY = ("fabric", "paramiko", "invoke", "google", "jax", "grpc")
+HEAVY = ("fabric", "paramiko", "invoke", "google", "jax", "grpc", "matplotlib")
 _STARTUP_PROBE = """
 import json, sys
 from tpuctl.cli import main
