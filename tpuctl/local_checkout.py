@@ -47,6 +47,14 @@ class LocalCheckout:
             found.append(f"uncommitted changes to {len(self.dirty)} tracked file(s): " + _listed(self.dirty, SHOWN_FILES))
         return found
 
+    def refusal(self) -> str:
+        """The one-line reason a sync stops, or "" when the workers would run this checkout."""
+        problems = self.problems()
+        if not problems:
+            return ""
+        return (f"local checkout {self.folder}: " + "; ".join(problems) + f": the workers would run origin/"
+                f"{self.wanted_branch} without it; push (or commit), or sync anyway with --allow-unpushed")
+
 
 def _listed(items: tuple[str, ...], shown: int) -> str:
     more = f" and {len(items) - shown} more" if len(items) > shown else ""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.helpers import git
 from tpuctl.local_checkout import compare_heads, inspect_checkout
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, next_address
-from tests.tpuctl.conftest import WANDB_KEY, run
-from tests.tpuctl.test_runs import wait_for
+from tests.helpers import git, next_address, wait_for
+from tests.tpuctl.helpers import WANDB_KEY, run
 from tpuctl.sim.git_server import HttpGitServer, SshGitServer
 from tpuctl.sim.sshd import keygen
 
@@ -152,6 +151,11 @@ def test_ssh_git_host_without_credentials_or_with_an_unpinned_key(project1, ssh_
     unpinned = run("sync")
     assert unpinned.code == 2, unpinned.all
     assert "git host's SSH key is not pinned" in unpinned.err and "git_host_keys" in unpinned.err
+    impostor = client_key.with_suffix(".pub").read_text().split()[:2]  # another key under the host's name
+    project1.write_config(repo_url=server.url(origin),
+                          git_host_keys=[server.known_hosts_line.split()[0] + " " + " ".join(impostor)])
+    changed = run("sync")
+    assert changed.code == 2 and "not the pinned one" in changed.err, changed.all
     project1.write_config(repo_url=server.url(origin), git_host_keys=[server.known_hosts_line])
     missing = run("sync")
     assert missing.code == 2, missing.all
@@ -164,7 +168,7 @@ def test_a_deploy_key_is_copied_like_the_env_and_used_for_this_repository_only(p
     deploy = keygen(tmp_path / "grpo_deploy", comment="deploy")
     server = ssh_git(deploy.with_suffix(".pub"))
     project1.write_config(repo_url=server.url(origin), deploy_key=str(deploy), git_host_keys=[server.known_hosts_line])
-    for attempt in range(2):  # the second sync copies the same key again, atomically
+    for _ in range(2):  # the second sync copies the same key again, atomically
         result = run("sync")
         assert result.code == 0, result.all
     repo = project1.remote(0, "~/repo")
@@ -261,3 +265,35 @@ def test_an_lfs_repository_on_a_worker_without_git_lfs_is_one_clear_error(projec
     assert result.code == 2, result.all
     assert "git-lfs is not installed on the worker" in result.err and len(result.err.strip().splitlines()) == 1
     assert git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo")) == before
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("git.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n* ssh-rsa AAAA", "\\n"),
+    ("-oProxyCommand=touch ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", "-oProxy"),
+    ("git.example.com ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", "ssh-rsa"),
+    ("* ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", "* ssh"),
+])
+def test_a_bad_git_host_key_line_is_refused_before_any_worker_changes(project1, line, shown):
+    """A line break would add a second (wildcard) host line; a key of another type than it says is no pin."""
+    project1.write_config(git_host_keys=[line])
+    result = run("sync")
+    assert result.code == 2 and "git_host_keys: expected known_hosts lines" in result.err, result.all
+    assert shown in result.err and len(result.err.strip().splitlines()) == 1
+    assert not project1.remote(0, "~/repo").exists()
+
+
+def test_dry_run_shows_the_deploy_keys_copy_but_never_the_key(project1, tmp_path):
+    deploy = keygen(tmp_path / "grpo_deploy", comment="deploy")
+    project1.write_config(deploy_key=str(deploy))
+    result = run("sync", "--dry-run")
+    assert result.code == 0, result.all
+    assert f"sftp write {deploy} -> <mktemp: ~/.ssh/tpuctl_deploy_" in result.out
+    assert deploy.read_text().splitlines()[1] not in result.out
+    assert not (project1.workers[0].home / ".ssh").exists()
+
+
+def test_a_pod_without_credentials_is_told_once_not_per_worker(project3, http_git, origin):
+    result = run("--set", f"repo_url={http_git.url(origin)}", "sync")
+    assert result.code == 2, result.all
+    assert "workers 0, 1, 2: cannot read" in result.err and result.err.count("without credentials") == 1
+    assert len(result.err.strip().splitlines()) == 1

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.conftest import git
-from tests.tpuctl.conftest import run
+from tests.helpers import git
+from tests.tpuctl.helpers import run
 
 COMMIT = ("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet")
 
@@ -83,3 +83,10 @@ def test_launch_records_the_workers_commit_and_status_shows_it(project1):
     assert status.code == 0 and head[:7] in status.out, status.all
     as_json = json.loads(run("status", "--json").out)
     assert as_json[0]["meta"]["git_head"] == head
+
+
+def test_smoke_refuses_what_the_workers_would_miss_too(laptop):
+    expected = _unpushed(laptop.folder)
+    result = run("smoke")
+    assert result.code == 2 and expected in result.err and "--allow-unpushed" in result.err, result.all
+    assert not laptop.remote(0, "~/repo").exists()

@@ -94,13 +94,13 @@ class HttpGitServer:
 class _GitCgiHandler(BaseHTTPRequestHandler):
     git_server: HttpGitServer
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args) -> None:
         """Quiet: the test output is no place for request logs."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._serve()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve()
 
     def _serve(self) -> None:

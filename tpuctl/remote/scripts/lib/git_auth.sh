@@ -73,7 +73,7 @@ git_fetch_problem() {
   reason=${reason//$'\r'/}  # ssh ends its lines with \r\n: a bare \r would split this one
   case $1 in
     *"Host key verification failed"*|*"No ED25519 host key is known"*|*"host key is known for"*)
-      echo "cannot read $2: the git host's SSH key is not pinned ($reason): add its known_hosts line to git_host_keys in tpuctl.toml (see sops/private-repo.md)" ;;
+      echo "cannot read $2: the git host's SSH key is not pinned, or not the pinned one ($reason): check its fingerprint, then add its known_hosts line to git_host_keys in tpuctl.toml (see sops/private-repo.md)" ;;
     *"Permission denied"*|*"could not read Username"*|*"Authentication failed"*|*"epository not found"*|*"terminal prompts disabled"*|*"Invalid username or password"*)
       echo "cannot read $2 without credentials ($reason): set up one of forward_agent = true (--forward-agent), deploy_key = \"~/.ssh/KEY\" in tpuctl.toml, or GIT_TOKEN in the .env for an https URL (tpuctl secrets push); see sops/private-repo.md" ;;
     *) echo "cannot read $2: $reason" ;;
