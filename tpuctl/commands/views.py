@@ -71,7 +71,7 @@ def show_sync(report: SyncReport, target: Target) -> bool:
     if not report_errors(report.copied) or not show_preflight(report.preflight, "sync", " (nothing was changed)"):
         return False
     if report.refusals:
-        raise BadInput("sync refused: " + "; ".join(report.refusals) + " (the checkout was not changed)")
+        raise BadInput("sync refused: " + "; ".join(report.refusals) + " (a refusing worker's checkout is left as it was)")
     for outcome in report.outcomes:
         if outcome.ok:
             synced = outcome.value

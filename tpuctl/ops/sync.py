@@ -78,7 +78,6 @@ def parse_synced(text: str) -> Synced:
 class SyncReport:
     preflight: Preflight
     outcomes: list[Outcome[Synced]] = field(default_factory=list)  # empty when the preflight stopped the sync
-
     copied: list[Outcome[str]] = field(default_factory=list)  # the deploy key's copy, per worker (when set)
 
     @property
