@@ -16,6 +16,7 @@ to every command.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import tomllib
@@ -46,6 +47,8 @@ _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _NODE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\\x00-\x1f\x7f]|@\{)|(/$)|(\.lock$)|(//)|(\.$)")
+_KNOWN_HOST = re.compile(r"(?:\[[A-Za-z0-9.:-]+\]:\d{1,5}|[A-Za-z0-9][A-Za-z0-9.-]*) "
+                         r"(?P<type>ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) (?P<key>[A-Za-z0-9+/]+={0,2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # conda's own rule for env names, or the absolute path of an env's prefix.
 _CONDA_ENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|(?:/|~/)[^\x00-\x1f\x7f]*")
@@ -101,6 +104,12 @@ class Target:
     repo_url: str = ""
     repo_path: str = ""
     branch: str = "main"
+    # Private repositories (tpuctl.remote.git_auth): forward the SSH agent to sync's git only; or a
+    # read-only deploy key (a local path) copied to the workers; and known_hosts lines of git hosts
+    # besides the pinned github.com and gitlab.com.
+    forward_agent: bool = False
+    deploy_key: str = ""
+    git_host_keys: tuple[str, ...] = ()
     env_file: str = "~/.env"
     conda_env: str = ""
     venv: str = ""
@@ -136,6 +145,10 @@ class Target:
         _check(not (self.conda_env and self.venv), "venv", self.venv, "either conda_env or venv, not both")
         _check(not self.repo_url or _REPO_URL.fullmatch(self.repo_url), "repo_url", self.repo_url,
                "a git URL (https://, ssh://, git://, file://), user@host:path or an absolute path")
+        _check(not _CONTROL.search(self.deploy_key), "deploy_key", self.deploy_key, "a path without control characters")
+        for line in self.git_host_keys:
+            _check(_valid_known_host(line), "git_host_keys", line,
+                   "known_hosts lines 'HOST KEYTYPE BASE64KEY' (HOST or [HOST]:PORT, as ssh-keyscan prints them)")
         _check(1 <= self.ssh_timeout <= 3600, "ssh_timeout", self.ssh_timeout, "seconds from 1 to 3600")
         _check(1 <= self.coordinator_port <= 65535, "coordinator_port", self.coordinator_port, "a port from 1 to 65535")
         _check(self.expect_backend in BACKENDS, "expect_backend", self.expect_backend, f"one of {', '.join(BACKENDS)}")
@@ -167,6 +180,19 @@ class Target:
 def _check(ok: Any, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise BadInput(f"{key}: expected {expected}, received {value!r}")
+
+
+def _valid_known_host(line: str) -> bool:
+    """`host type key` (or `[host]:port type key`) whose base64 key really is of that type."""
+    match = _KNOWN_HOST.fullmatch(line.strip())
+    if not match:
+        return False
+    try:
+        blob = base64.b64decode(match["key"], validate=True)
+    except ValueError:
+        return False
+    length = int.from_bytes(blob[:4], "big")
+    return blob[4:4 + length] == match["type"].encode()
 
 
 def _valid_template(template: str) -> bool:

@@ -14,6 +14,10 @@ went silent, its `ThreadingGroup` runs one command per host where an operation h
 steps per worker (scripts and SFTP), and its string gateway re-reads our quoted ProxyCommand as
 ssh_config text, expanding `%` tokens in it. What fabric would have added is the connection object
 itself, a few lines here.
+
+This machine's SSH agent is never used to log in, and is forwarded only on a channel that asks for
+it (`exec(..., forward_agent=True)`: sync's git, for a private repository). sshd ties a forwarded
+agent to that one session, so other channels of the same connection (a launch's) never see it.
 """
 
 from __future__ import annotations
@@ -180,7 +184,8 @@ class Session:
             raise
         return client
 
-    def exec(self, worker: Worker, script: RenderedScript, what: str, timeout: float | None = 300.0) -> ExecResult:
+    def exec(self, worker: Worker, script: RenderedScript, what: str, timeout: float | None = 300.0,
+             forward_agent: bool = False) -> ExecResult:
         """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
 
         A non-zero exit raises TpuctlError naming the worker, `what` was being done and the script's
@@ -190,6 +195,7 @@ class Session:
         if not isinstance(script, RenderedScript):
             raise TypeError("only scripts from tpuctl.remote.render run on a worker")
         channel = self.transport(worker).open_session(timeout=CONNECT_TIMEOUT_S)
+        agent = paramiko.agent.AgentRequestHandler(channel) if forward_agent else None
         try:
             channel.exec_command("bash -s")
             channel.sendall(script.encode())
@@ -203,6 +209,8 @@ class Session:
             raise ConnectionLost(f"{worker}: {what}: {exc}") from None
         finally:
             channel.close()
+            if agent is not None:
+                agent.close()
         if result.code != 0:
             raise TpuctlError(f"{worker}: {what} failed: {result.failure}")
         return result

@@ -14,6 +14,7 @@ import pytest
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
+from tpuctl.ops.git_auth import deploy_key_install_script, deploy_key_prepare_script
 from tpuctl.ops.launch import LaunchPlan, launch_plan
 from tpuctl.ops.secrets import push_plan
 from tpuctl.ops.status import status_script
@@ -48,6 +49,7 @@ def every_script(target: Target, workers: int) -> list[str]:
     scripts = [preflight_script(target), preflight_script(target, force=True),
                apply_script(target, SyncLabels("tpuctl sync 2025-01-01T00:00:00Z", "20250101T000000Z")),
                *(s for _, s in push_plan(target, pool[:1], Path(".env")) if isinstance(s, str)),
+               deploy_key_prepare_script(target), deploy_key_install_script("~/.ssh/k", "~/.ssh/k.tpuctl-X"),
                probe_script(target), status_script(target, "train"), stop_script(target, "train", 30),
                locate_script(target.remote_repo, "train"), run_state_script("/srv/repo/logs/train_20250101T000000Z")]
     scripts += [s.text if not isinstance(s, str) else s for _, s in launch_plan(target, pool, plan)]
@@ -57,7 +59,7 @@ def every_script(target: Target, workers: int) -> list[str]:
 @pytest.mark.parametrize("python, paths, workers", list(itertools.product(PYTHON_ENVS, PATHS, (1, 3))))
 def test_every_built_script_passes_shellcheck(python, paths, workers, tmp_path):
     target = Target(hosts=tuple(f"10.0.0.{i + 2}" for i in range(workers)), repo_url="https://example.com/acme/train.git",
-                    **PYTHON_ENVS[python], **PATHS[paths])
+                    deploy_key="~/.ssh/grpo_deploy", **PYTHON_ENVS[python], **PATHS[paths])
     scripts = every_script(target, workers)
     assert len(scripts) >= 10 + 2 * workers
     files = []

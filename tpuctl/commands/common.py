@@ -17,6 +17,7 @@ from tpuctl.console import EXIT_FAILED, BadInput
 
 if TYPE_CHECKING:
     from tpuctl.config import Target
+    from tpuctl.local_checkout import LocalCheckout
     from tpuctl.transport import Session
     from tpuctl.workers import Worker
 
@@ -26,6 +27,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 NameOpt = Annotated[str, typer.Option("--name", help="Run name: logs/<name>_<UTC stamp>.{log,exit,pid}.")]
 CommandArg = Annotated[list[str] | None, typer.Argument(help="The command to run, after `--`.")]
 EnvFileOpt = Annotated[Path, typer.Option("--env-file", help="Local .env to copy.")]
+UnpushedOpt = Annotated[bool, typer.Option("--allow-unpushed", help="Sync although the local checkout has commits not "
+                                                                     "on origin/BRANCH, uncommitted changes or another branch.")]
 DEFAULT_RUN = "train"
 
 
@@ -55,6 +58,20 @@ def workers_of(ctx: typer.Context, spec: str, require_ready: bool = True) -> tup
 
     target = target_of(ctx)
     return target, select_workers(target, spec, require_ready)
+
+
+def checked_local_checkout(ctx: typer.Context, target: Target, allow_unpushed: bool) -> LocalCheckout | None:
+    """The git checkout holding the project's tpuctl.toml (else the current folder; None outside git). What
+    the workers would miss from it (unpushed commits, uncommitted changes, another branch) refuses a sync,
+    exit 2, unless `allow_unpushed`."""
+    from tpuctl.config import project_path
+    from tpuctl.local_checkout import inspect_checkout
+
+    path = project_path(overrides_of(ctx).config_path)
+    local = inspect_checkout(path.parent if path else Path.cwd(), target.branch)
+    if local is not None and local.refusal() and not allow_unpushed:
+        raise BadInput(local.refusal())
+    return local
 
 
 def open_session(target: Target) -> Session:

@@ -21,7 +21,9 @@ from tpuctl.commands.common import (
     CommandArg,
     DryRunOpt,
     EnvFileOpt,
+    UnpushedOpt,
     WorkerOpt,
+    checked_local_checkout,
     expected_backend,
     fail_unless,
     open_session,
@@ -45,7 +47,7 @@ def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "a
           env_file: EnvFileOpt = Path(".env"), dry_run: DryRunOpt = False,
           expect_backend: Annotated[str | None, typer.Option(help="Expected jax backend (default: the target's).")] = None,
           rollout_backend: Annotated[str, typer.Option(help="Rollout backend the effective config must show.")] = "sglang_jax",
-          ) -> None:
+          allow_unpushed: UnpushedOpt = False) -> None:
     """Run the SOP end to end (sync, secrets, verify-env, launch, tail) and check the SOP's expected result."""
     from tpuctl.envfile import load_env_file
     from tpuctl.ops.launch import LaunchPlan
@@ -61,6 +63,7 @@ def smoke(ctx: typer.Context, command: CommandArg = None, worker: WorkerOpt = "a
     if dry_run:
         views.print_dry_run(target, _plan(target, workers, env, labels, plan))
         return
+    checked_local_checkout(ctx, target, allow_unpushed)
     summary = Table("step", "worker", "result", "detail", title="smoke")
     with open_session(target) as session:
         passed = _run_steps(session, _steps(target, workers, env, backend, labels, plan), summary)

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from tpuctl.commands.common import DryRunOpt, WorkerOpt, fail_unless, open_session, workers_of
-from tpuctl.commands.views import print_dry_run, show_sync
+from tpuctl.commands.common import (
+    DryRunOpt,
+    UnpushedOpt,
+    WorkerOpt,
+    checked_local_checkout,
+    fail_unless,
+    open_session,
+    workers_of,
+)
+from tpuctl.commands.views import print_dry_run, show_local_checkout, show_sync
 from tpuctl.console import BadInput
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Sync even while a run is alive in the checkout (warns).")]
+AgentOpt = Annotated[bool, typer.Option("--forward-agent", help="Forward this machine's SSH agent to the sync's git "
+                                                                 "(a private repository over SSH); never to runs.")]
 
 
-def sync(ctx: typer.Context, worker: WorkerOpt = "all", force: ForceOpt = False, dry_run: DryRunOpt = False) -> None:
+def sync(ctx: typer.Context, worker: WorkerOpt = "all", force: ForceOpt = False, forward_agent: AgentOpt = False,
+         allow_unpushed: UnpushedOpt = False, dry_run: DryRunOpt = False) -> None:
     """Clone if missing, fetch, check out and hard-reset to origin/BRANCH, clean (keeping logs/ and the env files)."""
     from tpuctl.ops.sync import SyncLabels, sync_plan
     from tpuctl.ops.sync import sync as sync_workers
@@ -22,12 +34,18 @@ def sync(ctx: typer.Context, worker: WorkerOpt = "all", force: ForceOpt = False,
     target, workers = workers_of(ctx, worker)
     if not target.repo_url:
         raise BadInput("repo_url is not set: add repo_url to the target in tpuctl.toml or set TPUCTL_REPO_URL")
+    target = replace(target, forward_agent=target.forward_agent or forward_agent)
     labels = SyncLabels.at(datetime.now(UTC), "sync")
     if dry_run:
         print_dry_run(target, sync_plan(target, workers, labels, force))
         return
+    local = checked_local_checkout(ctx, target, allow_unpushed)
     with open_session(target) as session:
-        fail_unless(show_sync(sync_workers(session, target, workers, labels, force), target))
+        report = sync_workers(session, target, workers, labels, force)
+        ok = show_sync(report, target)
+    if ok and local is not None:
+        show_local_checkout(local, next(iter(report.heads)))
+    fail_unless(ok)
 
 
 def register(app: typer.Typer) -> None:

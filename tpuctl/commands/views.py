@@ -20,6 +20,7 @@ from tpuctl.console import BadInput, console, err_console, printable, shown
 if TYPE_CHECKING:
     from tpuctl.config import Target
     from tpuctl.envfile import EnvFile
+    from tpuctl.local_checkout import LocalCheckout
     from tpuctl.ops.common import Preflight, Step
     from tpuctl.ops.launch import LaunchReport
     from tpuctl.ops.secrets import Pushed
@@ -67,8 +68,10 @@ def show_preflight(preflight: Preflight, operation: str, unchanged: str = "") ->
 
 
 def show_sync(report: SyncReport, target: Target) -> bool:
-    if not show_preflight(report.preflight, "sync", " (nothing was changed)"):
+    if not report_errors(report.copied) or not show_preflight(report.preflight, "sync", " (nothing was changed)"):
         return False
+    if report.refusals:
+        raise BadInput("sync refused: " + "; ".join(report.refusals) + " (a refusing worker's checkout is left as it was)")
     for outcome in report.outcomes:
         if outcome.ok:
             synced = outcome.value
@@ -84,6 +87,15 @@ def show_sync(report: SyncReport, target: Target) -> bool:
         head = next(iter(report.heads))
         console.print(f"[green]{len(report.outcomes)} worker(s) at {shown(head[:7])}[/] ({shown(target.branch)})")
     return ok
+
+
+def show_local_checkout(local: LocalCheckout, worker_head: str) -> None:
+    """The workers' commit against the local HEAD, and what --allow-unpushed let through."""
+    from tpuctl.local_checkout import compare_heads
+
+    for problem in local.problems():
+        console.print(f"[yellow]local checkout:[/] {shown(problem)}", highlight=False)
+    console.out(printable(compare_heads(local, worker_head)), highlight=False)
 
 
 def show_push(outcomes: Sequence[Outcome[Pushed]], env: EnvFile) -> bool:
@@ -152,12 +164,13 @@ def show_status(report: StatusReport, as_json: bool = False) -> bool:
                                         **({"state": "preempted"} if o.worker.index in preempted else {})}
                                        for o in report.outcomes]))
         return report.ok
-    table = Table("worker", "address", "state", *STEP_FIELDS[:-1], "dt (s)", "log")
+    table = Table("worker", "address", "state", "commit", *STEP_FIELDS[:-1], "dt (s)", "log")
     for o in report.outcomes:
         step = o.value.step if o.ok else {}
         state = ("[yellow]preempted[/]" if o.worker.index in preempted else
                  shown(o.value.label) if o.ok else "[red]unreachable[/]")
-        table.add_row(o.worker.label, o.worker.address, state, *(shown(step.get(k, "")) for k in STEP_FIELDS),
+        commit = str(o.value.meta.get("git_head", ""))[:7] if o.ok else ""
+        table.add_row(o.worker.label, o.worker.address, state, shown(commit), *(shown(step.get(k, "")) for k in STEP_FIELDS),
                       shown(o.value.log) if o.ok else "")
     console.print(table)
     return report_errors([o for o in report.outcomes if o.worker.index not in preempted])

@@ -39,8 +39,14 @@ class Preflight:
 
     @property
     def problems(self) -> list[str]:
-        """`worker N: <problem>` for each problem line, in worker order."""
-        return [f"worker {o.worker.index}: {line}" for o in self.outcomes if o.ok for line in values_of(o.value, "problem")]
+        """`worker N: <problem>` for each problem line, in worker order; a problem several workers share is
+        named once (`workers 0, 1, 2: <problem>`), so a pod's one-line refusal does not repeat it per host."""
+        found: dict[str, list[int]] = {}
+        for o in self.outcomes:
+            for line in values_of(o.value, "problem") if o.ok else ():
+                found.setdefault(line, []).append(o.worker.index)
+        return [f"worker {indices[0]}: {line}" if len(indices) == 1 else
+                f"workers {', '.join(map(str, indices))}: {line}" for line, indices in found.items()]
 
     @property
     def warnings(self) -> list[tuple[Worker, str]]:
@@ -51,6 +57,7 @@ class Preflight:
         return self.reached and not self.problems
 
 
-def preflight(session: Session, workers: list[Worker], script: Callable[[Worker], RenderedScript], what: str) -> Preflight:
-    """Run the read-only `script` on every worker at once."""
-    return Preflight(session.each(workers, lambda w: session.exec(w, script(w), what).out))
+def preflight(session: Session, workers: list[Worker], script: Callable[[Worker], RenderedScript], what: str,
+              forward_agent: bool = False) -> Preflight:
+    """Run the read-only `script` on every worker at once (with this machine's SSH agent when asked)."""
+    return Preflight(session.each(workers, lambda w: session.exec(w, script(w), what, forward_agent=forward_agent).out))

@@ -1,7 +1,10 @@
 """Sync: make each worker's checkout exactly origin/BRANCH, losing nothing the user had.
 
-Two phases: a read-only preflight on every worker (is the branch there, is the folder ours to
-manage, is a run alive in it), then the change (scripts/sync_preflight.sh, scripts/sync_apply.sh).
+Two phases: a read-only preflight on every worker (is the branch there and readable with the
+credentials given, is the folder ours to manage, is a run alive in it), then the change
+(scripts/sync_preflight.sh, scripts/sync_apply.sh). A private repository's credentials reach git
+as tpuctl.ops.git_auth says: a deploy key is copied before the preflight, the agent is forwarded on
+the sync's own channels only.
 Local edits found on a worker are stashed, never thrown away; the secret env files and logs/ are
 never stashed or cleaned; commits only the worker has are kept under refs/tpuctl/backup/STAMP.
 """
@@ -13,6 +16,7 @@ from datetime import datetime
 
 from tpuctl.config import Target
 from tpuctl.ops.common import Preflight, Step, preflight
+from tpuctl.ops.git_auth import check_agent, deploy_key_plan, git_auth_values, push_deploy_key
 from tpuctl.pairs import fields, values_of
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
@@ -35,17 +39,18 @@ class SyncLabels:
 def preflight_script(target: Target, force: bool = False) -> RenderedScript:
     """Read-only: prints `problem=...` lines for anything that must stop the sync before it starts."""
     return render("sync_preflight", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
-                  force=int(force))
+                  force=int(force), env_file=target.env_file, **git_auth_values(target))
 
 
 def apply_script(target: Target, labels: SyncLabels) -> RenderedScript:
     return render("sync_apply", repo=target.remote_repo, url=target.repo_url, branch=target.branch,
-                  env_file=target.env_file, stash_label=labels.stash, stamp=labels.stamp)
+                  env_file=target.env_file, stash_label=labels.stash, stamp=labels.stamp, **git_auth_values(target))
 
 
 def sync_plan(target: Target, workers: list[Worker], labels: SyncLabels, force: bool = False) -> list[Step]:
-    """Every script a sync runs, per worker and in order."""
-    return [(w, script) for w in workers for script in (preflight_script(target, force), apply_script(target, labels))]
+    """Every script a sync runs, per worker and in order (the deploy key's copy first, when there is one)."""
+    return [*deploy_key_plan(target, workers),
+            *((w, script) for w in workers for script in (preflight_script(target, force), apply_script(target, labels)))]
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Synced:
     status: str
     stashed: str = ""
     backups: tuple[str, ...] = ()
+    refused: str = ""  # why this worker changed nothing (a branch using Git LFS, and no git-lfs there)
 
     @property
     def short_head(self) -> str:
@@ -65,28 +71,40 @@ class Synced:
 def parse_synced(text: str) -> Synced:
     found = fields(text)
     return Synced(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
-                  backups=tuple(values_of(text, "backup")))
+                  backups=tuple(values_of(text, "backup")), refused=found.get("refused", ""))
 
 
 @dataclass(frozen=True)
 class SyncReport:
     preflight: Preflight
     outcomes: list[Outcome[Synced]] = field(default_factory=list)  # empty when the preflight stopped the sync
+    copied: list[Outcome[str]] = field(default_factory=list)  # the deploy key's copy, per worker (when set)
 
     @property
     def heads(self) -> set[str]:
-        return {o.value.head for o in self.outcomes if o.ok}
+        return {o.value.head for o in self.outcomes if o.ok and not o.value.refused}
+
+    @property
+    def refusals(self) -> list[str]:
+        return [f"worker {o.worker.index}: {o.value.refused}" for o in self.outcomes if o.ok and o.value.refused]
 
     @property
     def ok(self) -> bool:
         """Every worker synced, all to the same commit."""
-        return self.preflight.passed and all(o.ok for o in self.outcomes) and len(self.heads) == 1
+        return (all(o.ok for o in self.copied) and self.preflight.passed and all(o.ok for o in self.outcomes)
+                and not self.refusals and len(self.heads) == 1)
 
 
 def sync(session: Session, target: Target, workers: list[Worker], labels: SyncLabels, force: bool = False) -> SyncReport:
-    """Preflight on every worker; when it passes everywhere, sync every worker."""
-    checked = preflight(session, workers, lambda w: preflight_script(target, force), "sync preflight")
+    """Copy the deploy key (if any), preflight on every worker; when it passes everywhere, sync every worker."""
+    check_agent(target)
+    copied = push_deploy_key(session, target, workers)
+    if not all(o.ok for o in copied):
+        return SyncReport(Preflight([]), copied=copied)
+    agent = target.forward_agent
+    checked = preflight(session, workers, lambda w: preflight_script(target, force), "sync preflight", forward_agent=agent)
     if not checked.passed:
-        return SyncReport(checked)
+        return SyncReport(checked, copied=copied)
     script = apply_script(target, labels)
-    return SyncReport(checked, session.each(workers, lambda w: parse_synced(session.exec(w, script, "sync", timeout=600).out)))
+    return SyncReport(checked, session.each(
+        workers, lambda w: parse_synced(session.exec(w, script, "sync", timeout=600, forward_agent=agent).out)), copied)

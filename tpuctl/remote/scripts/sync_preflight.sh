@@ -1,23 +1,16 @@
 # --- sync_preflight.sh (read-only): `problem=` lines stop the sync before it changes anything on any
 # worker; `warning=` lines are shown.
-# params: repo url branch force
-# uses: paths runs
+# params: repo url branch force env_file deploy_key token_origin git_host_keys
+# uses: paths runs git_auth
 
-export GIT_TERMINAL_PROMPT=0
 command -v git >/dev/null || { echo 'problem=git is not installed on the worker'; exit 0; }
-
-# git_error OUTPUT: git's own reason (its first fatal:/error: line), not the generic advice after it.
-git_error() {
-  local reason
-  reason=$(printf '%s\n' "$1" | grep -m 1 -E '^(fatal|error|ERROR):' || true)
-  printf '%s\n' "${reason:-$(printf '%s\n' "$1" | tail -n 1)}"
-}
+git_auth_begin
 
 if ! out=$(git ls-remote --exit-code --heads -- "$url" "refs/heads/$branch" 2>&1); then
   if [ -z "$out" ]; then
     echo "problem=branch '$branch' does not exist in $url"
   else
-    echo "problem=cannot read $url: $(git_error "$out")"
+    echo "problem=$(git_fetch_problem "$out" "$url")"
   fi
   exit 0
 fi
