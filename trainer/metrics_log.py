@@ -31,8 +31,8 @@ step and eval lines of steps >= S (written after that checkpoint, before the int
 are about to run again with the restored state), a header whose start_step >= S, and a torn last
 line (a crash mid-write). Then a header is appended. So no step is ever in the file twice, a
 fresh start (S = 0) over an old run folder begins an empty file, and nothing else is ever
-rewritten. Lines that are not JSON objects (a damaged disk, a hand edit) are kept by the writer
-and skipped, with their line numbers, by the reader.
+rewritten. Lines that are not JSON objects, or whose step is no index from 0 to 2^63 - 1 (a damaged
+disk, a hand edit) are kept by the writer and skipped, with their line numbers, by the reader.
 
 Where a launcher finds it: when TPUCTL_METRICS_LINK names a path (tpuctl's runner sets it to
 logs/NAME_STAMP.metrics.jsonl beside the run's log), process 0 points a symlink there at the
@@ -54,6 +54,7 @@ from typing import Any
 FILE_NAME = "metrics.jsonl"
 LINK_ENV = "TPUCTL_METRICS_LINK"
 SCHEMA_VERSION = 1
+MAX_STEP = 2**63 - 1  # a step index beyond int64 (numpy's, so the report's axes) is a damaged line, not a step
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -84,7 +85,7 @@ def _owning_step(record: dict[str, Any] | None) -> int | None:
     if record is None:
         return None
     value = record.get("start_step") if record.get("kind") == "header" else record.get("step")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STEP else None
 
 
 def resume_offset(data: bytes, start_step: int) -> int:

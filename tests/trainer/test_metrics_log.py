@@ -178,3 +178,12 @@ def test_no_link_without_the_variable_or_when_not_process_0_and_a_link_that_fail
     assert "metrics.jsonl: no link" in capsys.readouterr().err
     log.log(1, _metrics(1))
     assert [r["step"] for r in read_metrics(tmp_path / "c" / FILE_NAME).steps] == [0, 1]
+
+
+def test_a_step_that_is_no_step_index_is_an_unreadable_line():
+    """A damaged number (beyond int64, which numpy and the report's axes take, or below 0) is no step."""
+    lines = [b'{"kind": "step", "step": 0, "loss": 1.0}', b'{"kind": "step", "step": 1000000000000000000000000000000}',
+             b'{"kind": "step", "step": -3}', b'{"kind": "eval", "step": 9223372036854775808}',
+             b'{"kind": "step", "step": 9223372036854775807}', b'{"kind": "step", "step": true}']
+    run = parse_metrics(b"\n".join(lines) + b"\n")
+    assert [r["step"] for r in run.steps] == [0, 2**63 - 1] and run.skipped_lines == [2, 3, 4, 6]

@@ -191,3 +191,16 @@ def test_trainer_report_warns_about_unreadable_lines(tmp_path):
     result = _trainer("report", "a", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stderr.strip() == "warning: a: skipped unreadable lines [4] of metrics.jsonl"
+
+
+def test_a_hostile_file_still_gives_a_page(tmp_path):
+    """Garbage, a torn last line, NaN and infinite values, and the largest step index the file allows."""
+    log = MetricsLog.start(tmp_path / "run", {"steps": 40}, 0, enabled=True)
+    log.log(0, {"reward": 0.1, "reward_std": 0.05, "entropy": 1.0, "time/step_s": 9.0})
+    log.log(1, {"reward": math.nan, "reward_std": math.inf, "entropy": -math.inf, "time/step_s": math.nan})
+    log.log(2**63 - 1, {"reward": 0.3, "reward_std": 0.1, "entropy": 0.8, "time/step_s": 1.0})
+    with open(tmp_path / "run" / FILE_NAME, "ab") as file:
+        file.write(b'\x00garbage\n[1]\n{"kind": "step", "step": 100000000000000000000000, "reward": 1}\n{"kind": "st')
+    run = read_metrics(tmp_path / "run" / FILE_NAME)
+    page = check_offline_page(render_report([("run", run)], tmp_path / "report"), ["reward", "entropy", "step_time"])
+    assert "<td>5, 6, 7</td>" in page  # the unreadable lines, by number

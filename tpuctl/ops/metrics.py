@@ -220,8 +220,7 @@ def progress_of(run: RunMetrics) -> Progress:
     10-100x a step. It leaves out evaluation and checkpoint time, so the ETA is a lower bound on runs that
     evaluate or save often.
     """
-    last = run.steps[-1]["step"] if run.steps else -1
-    done = max(0, last + 1)
+    done = run.steps[-1]["step"] + 1 if run.steps else 0
     total = _count(run.header.get("total_steps"))
     window = run.steps[-MEAN_OVER:]
     after_compile = [r for r in window if r["step"] != run.header.get("start_step")]
