@@ -74,6 +74,17 @@ def test_panels_without_their_metrics_are_left_out_and_a_1_step_run_shows_its_po
     assert coloured_pixels((tmp_path / "report" / "entropy.png").read_bytes(), C0) > 20
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_step_axis_has_whole_steps_only_even_for_a_1_step_smoke(tmp_path, steps):
+    """matplotlib spans one point by +-0.05: its ticks were -0.045 ... 0.045, steps that cannot be."""
+    run = synthetic_run(tmp_path / "run", steps)
+    for panel in PANELS:
+        figure = panel_figure(panel, [("smoke", run)], 0.0)
+        if figure is not None:
+            ticks = [t for t in figure.axes[0].get_xticks() if figure.axes[0].get_xlim()[0] <= t <= figure.axes[0].get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (panel.slug, ticks)
+
+
 def test_a_panel_left_out_on_a_second_render_loses_its_old_png(tmp_path):
     render_report([("a", synthetic_run(tmp_path / "a", 3, kl=True))], tmp_path / "report")
     assert (tmp_path / "report" / "kl.png").exists()
