@@ -52,23 +52,24 @@ class RemoteFile(Protocol):
         """Up to `length` bytes from `start`; fewer only at the end of the file."""
 
 
-@dataclass
 class SftpFile:
-    """A file on a worker read over SFTP (a symlink is followed)."""
+    """A file on a worker read over SFTP through one handle, opened at the first use (a symlink is
+    followed then): each size and read is one request, not an open, a request and a close."""
 
-    sftp: paramiko.SFTPClient
-    path: str
+    def __init__(self, sftp: paramiko.SFTPClient, path: str):
+        self.sftp, self.path = sftp, path
+        self._handle: paramiko.SFTPFile | None = None
 
     def size(self) -> int | None:
         try:
-            return self.sftp.stat(self.path).st_size or 0
+            return self._opened().stat().st_size or 0
         except FileNotFoundError:
             return None
 
     def read(self, start: int, length: int) -> bytes:
-        with self.sftp.open(self.path, "rb") as handle:
-            handle.seek(start)
-            return handle.read(length)
+        handle = self._opened()
+        handle.seek(start)
+        return handle.read(length)
 
     def source(self) -> str:
         """The file the link points at: a resumed run's new launch links the same file."""
@@ -76,6 +77,18 @@ class SftpFile:
             return self.sftp.normalize(self.path)
         except OSError:
             return self.path
+
+    def _opened(self) -> paramiko.SFTPFile:
+        if self._handle is None:
+            self._handle = self.sftp.open(self.path, "rb")
+        return self._handle
+
+    def __enter__(self) -> SftpFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 class MetricsMissing(TpuctlError):
@@ -233,6 +246,13 @@ def progress_of(run: RunMetrics) -> Progress:
         except OverflowError:  # a total too large for a float: no ETA
             eta = None
     return Progress(done, total, mean, eta if eta is not None and math.isfinite(eta) else None)
+
+
+def read_progress(sftp: paramiko.SFTPClient, base: str) -> Progress | None:
+    """The run's progress from a small read of its metrics.jsonl's tail; None when it has none (yet)."""
+    with SftpFile(sftp, metrics_link(base)) as remote:
+        run = read_tail(remote)
+    return progress_of(run) if run is not None else None
 
 
 def _seconds(value: object) -> bool:
