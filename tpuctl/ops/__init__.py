@@ -3,6 +3,7 @@
 An operation takes a transport Session, the target and the workers, runs its scripts on every worker
 in parallel and returns a report: one Outcome per worker (its value, or the error that stopped it),
 so a failure on one worker never hides the others. Commands print the reports (tpuctl.commands.views);
-`smoke` and any loop that watches a run (a reconcile loop) call the same operations. Each operation
-also gives its dry-run plan: every script it would run, per worker, in order.
+`smoke` calls the same operations as the commands of those names. The operations a command can
+--dry-run also give their plan (sync_plan, push_plan, launch_plan, stop_plan, verify_plan for smoke):
+every script they would run, per worker, in order.
 """
