@@ -68,6 +68,17 @@ def test_a_second_report_reads_only_what_was_appended(synced1):
     assert (synced1.folder / "reports" / "train" / "train.metrics.jsonl").read_bytes() == path.read_bytes()
 
 
+def test_two_runs_overlay_on_one_page(synced1):
+    finished_run(synced1, "a").write_bytes(encode_line(HEADER) + step(0, reward=0.5) + step(1, reward=0.7))
+    finished_run(synced1, "b").write_bytes(encode_line({**HEADER, "total_steps": 3}) + step(0, reward=0.2))
+    result = run("report", "--name", "a", "--name", "b", "--smooth", "0.5")
+    assert result.code == 0, result.all
+    folder = synced1.folder / "reports" / "a+b"
+    page = check_offline_page(folder / "report.html", ["reward"])
+    assert "<td>a</td><td>2 (last step 1)</td><td>40</td>" in page and "<td>b</td><td>1 (last step 0)</td><td>3</td>" in page
+    assert sorted(p.name for p in folder.glob("*.jsonl")) == ["a.metrics.jsonl", "b.metrics.jsonl"]
+
+
 def test_a_run_without_metrics_is_an_error_naming_the_file_and_the_others_are_kept(synced1):
     finished_run(synced1, "plain")
     finished_run(synced1, "fine").write_bytes(encode_line(HEADER) + step(0, reward=0.5))
