@@ -237,7 +237,7 @@ class ProgressLine:
         from rich.progress import Progress as Bar
 
         self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                             TextColumn("{task.fields[timing]}"), console=console, refresh_per_second=2)
+                        TextColumn("{task.fields[timing]}"), console=console, refresh_per_second=2)
         self._task = self._bar.add_task("waiting for the first step", total=None, timing="")
 
     def __enter__(self) -> ProgressLine:
