@@ -31,8 +31,13 @@ step and eval lines of steps >= S (written after that checkpoint, before the int
 are about to run again with the restored state), a header whose start_step >= S, and a torn last
 line (a crash mid-write). Then a header is appended. So no step is ever in the file twice, a
 fresh start (S = 0) over an old run folder begins an empty file, and nothing else is ever
-rewritten. Lines that are not JSON objects (a damaged disk, a hand edit) are kept by the writer
-and skipped, with their line numbers, by the reader.
+rewritten. Lines that are not JSON objects, or whose step is no index from 0 to 2^63 - 1 (a damaged
+disk, a hand edit) are kept by the writer and skipped, with their line numbers, by the reader.
+
+Where a launcher finds it: when TPUCTL_METRICS_LINK names a path (tpuctl's runner sets it to
+logs/NAME_STAMP.metrics.jsonl beside the run's log), process 0 points a symlink there at the
+file's absolute path once its header is written. That is how `tpuctl report` and `tpuctl status`
+find the file of a run whatever its out_dir; a link that cannot be made only warns.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "metrics.jsonl"
+LINK_ENV = "TPUCTL_METRICS_LINK"
 SCHEMA_VERSION = 1
+MAX_STEP = 2**63 - 1  # a step index beyond int64 (numpy's, so the report's axes) is a damaged line, not a step
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -78,7 +85,7 @@ def _owning_step(record: dict[str, Any] | None) -> int | None:
     if record is None:
         return None
     value = record.get("start_step") if record.get("kind") == "header" else record.get("step")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STEP else None
 
 
 def resume_offset(data: bytes, start_step: int) -> int:
@@ -117,6 +124,8 @@ class MetricsLog:
         log.append({"kind": "header", "schema": SCHEMA_VERSION,
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "start_step": start_step, "total_steps": config["steps"], "config": config})
+        if log.path is not None and os.environ.get(LINK_ENV):
+            link_for_launcher(Path(os.environ[LINK_ENV]), log.path.absolute())
         return log
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -146,6 +155,17 @@ class MetricsLog:
     def _give_up(self, error: OSError) -> None:
         print(f"warning: {self.path}: metrics.jsonl no longer written: {error}", file=sys.stderr, flush=True)
         self.path = None
+
+
+def link_for_launcher(link: Path, target: Path) -> None:
+    """Make `link` a symlink to `target`, replacing what was there in one rename."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        os.replace(temporary, link)
+    except OSError as error:
+        print(f"warning: {target}: no link for the launcher at {link}: {error}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass

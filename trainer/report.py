@@ -178,6 +178,11 @@ def panel_figure(panel: Panel, runs: list[tuple[str, RunMetrics]], smooth: float
     ax.set_xlabel("step")
     ax.set_ylabel(panel.ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    if high - low < 1:  # one step: matplotlib spans it by +-0.05 and ticks it in fractions of a step
+        step = round((low + high) / 2)
+        ax.set_xlim(step - 0.5, step + 0.5)
+        ax.set_xticks([step])
     ax.grid(alpha=0.3)
     if panel.log_y:
         ax.set_yscale("log")

@@ -9,7 +9,8 @@ from tests.tpuctl.helpers import HEAVY, startup_imports
 
 @pytest.mark.parametrize("args", [["--help"], ["sync", "--help"], ["launch", "--help"], ["secrets", "push", "--help"],
                                   ["status", "--help"], ["smoke", "--help"], ["trust", "--help"],
-                                  ["config", "--help"], ["up", "--help"], ["--version"]])
+                                  ["config", "--help"], ["up", "--help"], ["report", "--help"], ["tail", "--help"],
+                                  ["--version"]])
 def test_help_imports_nothing_heavy(args):
     out, modules = startup_imports(args)
     assert "Usage" in out or "tpuctl" in out

@@ -4,7 +4,7 @@ torn and damaged lines, non-finite numbers, a disabled writer, a write that fail
 import json
 import math
 
-from trainer.metrics_log import FILE_NAME, MetricsLog, parse_metrics, read_metrics, resume_offset
+from trainer.metrics_log import FILE_NAME, LINK_ENV, MetricsLog, parse_metrics, read_metrics, resume_offset
 
 CONFIG = {"steps": 5, "out_dir": "run", "rollout": {"backend": "jax"}}
 
@@ -152,3 +152,38 @@ def test_resume_offset_by_hand():
 def test_the_reader_keeps_the_last_of_a_step_written_twice():
     data = b'{"kind": "step", "step": 0, "loss": 1.0}\n{"kind": "step", "step": 0, "loss": 2.0}\n'
     assert [r["loss"] for r in parse_metrics(data).steps] == [2.0]
+
+
+def test_a_launcher_that_asks_for_a_link_gets_one_to_the_file(tmp_path, monkeypatch):
+    link = tmp_path / "logs" / "train_20250101T000000.000Z.metrics.jsonl"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "an-older-run.jsonl")  # a relaunch under the same files: replaced, not refused
+    monkeypatch.setenv(LINK_ENV, str(link))
+    monkeypatch.chdir(tmp_path)
+    _write_run("run", 0, range(2))  # a relative out_dir: the link is absolute all the same
+    assert link.is_symlink() and link.readlink() == tmp_path / "run" / FILE_NAME
+    assert [r["step"] for r in read_metrics(link).steps] == [0, 1]
+
+
+def test_no_link_without_the_variable_or_when_not_process_0_and_a_link_that_fails_only_warns(tmp_path, monkeypatch,
+                                                                                               capsys):
+    monkeypatch.delenv(LINK_ENV, raising=False)
+    _write_run(tmp_path / "a", 0, range(1))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", FILE_NAME]
+    monkeypatch.setenv(LINK_ENV, str(tmp_path / "link"))
+    MetricsLog.start(tmp_path / "b", CONFIG, 0, enabled=False)
+    assert not (tmp_path / "link").exists() and not (tmp_path / "link").is_symlink()
+    monkeypatch.setenv(LINK_ENV, str(tmp_path / "no-such-folder" / "link"))
+    log = _write_run(tmp_path / "c", 0, range(1))
+    assert "metrics.jsonl: no link" in capsys.readouterr().err
+    log.log(1, _metrics(1))
+    assert [r["step"] for r in read_metrics(tmp_path / "c" / FILE_NAME).steps] == [0, 1]
+
+
+def test_a_step_that_is_no_step_index_is_an_unreadable_line():
+    """A damaged number (beyond int64, which numpy and the report's axes take, or below 0) is no step."""
+    lines = [b'{"kind": "step", "step": 0, "loss": 1.0}', b'{"kind": "step", "step": 1000000000000000000000000000000}',
+             b'{"kind": "step", "step": -3}', b'{"kind": "eval", "step": 9223372036854775808}',
+             b'{"kind": "step", "step": 9223372036854775807}', b'{"kind": "step", "step": true}']
+    run = parse_metrics(b"\n".join(lines) + b"\n")
+    assert [r["step"] for r in run.steps] == [0, 2**63 - 1] and run.skipped_lines == [2, 3, 4, 6]

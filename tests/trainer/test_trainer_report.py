@@ -74,6 +74,17 @@ def test_panels_without_their_metrics_are_left_out_and_a_1_step_run_shows_its_po
     assert coloured_pixels((tmp_path / "report" / "entropy.png").read_bytes(), C0) > 20
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_step_axis_has_whole_steps_only_even_for_a_1_step_smoke(tmp_path, steps):
+    """matplotlib spans one point by +-0.05: its ticks were -0.045 ... 0.045, steps that cannot be."""
+    run = synthetic_run(tmp_path / "run", steps)
+    for panel in PANELS:
+        figure = panel_figure(panel, [("smoke", run)], 0.0)
+        if figure is not None:
+            ticks = [t for t in figure.axes[0].get_xticks() if figure.axes[0].get_xlim()[0] <= t <= figure.axes[0].get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (panel.slug, ticks)
+
+
 def test_a_panel_left_out_on_a_second_render_loses_its_old_png(tmp_path):
     render_report([("a", synthetic_run(tmp_path / "a", 3, kl=True))], tmp_path / "report")
     assert (tmp_path / "report" / "kl.png").exists()
@@ -191,3 +202,16 @@ def test_trainer_report_warns_about_unreadable_lines(tmp_path):
     result = _trainer("report", "a", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stderr.strip() == "warning: a: skipped unreadable lines [4] of metrics.jsonl"
+
+
+def test_a_hostile_file_still_gives_a_page(tmp_path):
+    """Garbage, a torn last line, NaN and infinite values, and the largest step index the file allows."""
+    log = MetricsLog.start(tmp_path / "run", {"steps": 40}, 0, enabled=True)
+    log.log(0, {"reward": 0.1, "reward_std": 0.05, "entropy": 1.0, "time/step_s": 9.0})
+    log.log(1, {"reward": math.nan, "reward_std": math.inf, "entropy": -math.inf, "time/step_s": math.nan})
+    log.log(2**63 - 1, {"reward": 0.3, "reward_std": 0.1, "entropy": 0.8, "time/step_s": 1.0})
+    with open(tmp_path / "run" / FILE_NAME, "ab") as file:
+        file.write(b'\x00garbage\n[1]\n{"kind": "step", "step": 100000000000000000000000, "reward": 1}\n{"kind": "st')
+    run = read_metrics(tmp_path / "run" / FILE_NAME)
+    page = check_offline_page(render_report([("run", run)], tmp_path / "report"), ["reward", "entropy", "step_time"])
+    assert "<td>5, 6, 7</td>" in page  # the unreadable lines, by number

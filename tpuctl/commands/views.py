@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from tpuctl.local_checkout import LocalCheckout
     from tpuctl.ops.common import Preflight, Step
     from tpuctl.ops.launch import LaunchReport
+    from tpuctl.ops.metrics import Progress
+    from tpuctl.ops.report import ReportFetch
     from tpuctl.ops.secrets import Pushed
     from tpuctl.ops.status import StatusReport
     from tpuctl.ops.stop import StopReport
@@ -164,14 +166,17 @@ def show_status(report: StatusReport, as_json: bool = False) -> bool:
                                         **({"state": "preempted"} if o.worker.index in preempted else {})}
                                        for o in report.outcomes]))
         return report.ok
-    table = Table("worker", "address", "state", "commit", *STEP_FIELDS[:-1], "dt (s)", "log")
+    from tpuctl.ops.metrics import MEAN_OVER, describe
+
+    table = Table("worker", "address", "state", "commit", *STEP_FIELDS[:-1], "dt (s)", "steps", f"s/step (last {MEAN_OVER})",
+                  "ETA", "log")
     for o in report.outcomes:
         step = o.value.step if o.ok else {}
         state = ("[yellow]preempted[/]" if o.worker.index in preempted else
                  shown(o.value.label) if o.ok else "[red]unreachable[/]")
         commit = str(o.value.meta.get("git_head", ""))[:7] if o.ok else ""
         table.add_row(o.worker.label, o.worker.address, state, shown(commit), *(shown(step.get(k, "")) for k in STEP_FIELDS),
-                      shown(o.value.log) if o.ok else "")
+                      *describe(o.value.progress if o.ok else None), shown(o.value.log) if o.ok else "")
     console.print(table)
     return report_errors([o for o in report.outcomes if o.worker.index not in preempted])
 
@@ -222,3 +227,43 @@ def show_followed(followed: Followed) -> bool:
     for error in followed.errors:
         err_console.print(f"[red]error:[/] {shown(error)}")
     return not followed.errors
+
+
+def show_fetched(fetched: ReportFetch) -> bool:
+    """Per run: the bytes read this time and where the copy is; then each run that could not be fetched."""
+    for run in fetched.runs:
+        got = run.fetched
+        how = (f"the file was cut back since the last report (a relaunch or resume): read again from its start, "
+               f"{got.new_bytes} bytes" if got.restarted else f"{got.new_bytes} new bytes, {len(got.data)} in all")
+        console.out(printable(f"{run.name}: {how} -> {run.copy}"), highlight=False)
+    for error in fetched.errors:
+        err_console.print(f"[red]error:[/] {shown(error)}")
+    return not fetched.errors
+
+
+class ProgressLine:
+    """The one-line progress bar under a followed log (`tail --progress`): steps done of the total, the
+    mean step time of the last steps and the ETA. Log lines printed through `console` go above it."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, TaskProgressColumn, TextColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                        TextColumn("{task.fields[timing]}"), console=console, refresh_per_second=2)
+        self._task = self._bar.add_task("waiting for the first step", total=None, timing="")
+
+    def __enter__(self) -> ProgressLine:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.stop()
+
+    def show(self, progress: Progress) -> None:
+        from tpuctl.ops.metrics import describe
+
+        steps, mean, eta = describe(progress)
+        total = progress.total_steps
+        self._bar.update(self._task, description=f"step {steps}", total=total, timing=f"{mean} s/step  ETA {eta}",
+                         completed=min(progress.steps_done, total) if total else progress.steps_done)

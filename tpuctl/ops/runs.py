@@ -8,6 +8,7 @@ A run named NAME started at STAMP (UTC, to the millisecond: 20250101T120000.123Z
     logs/NAME_STAMP.identity   the boot id and the runner's start time: a pid alone is no identity
     logs/NAME_STAMP.exit       the exit code, written atomically on every exit, failure included
     logs/NAME_STAMP.meta.json  command, git HEAD, start time, worker
+    logs/NAME_STAMP.metrics.jsonl  a link the trainer makes to its metrics.jsonl (TPUCTL_METRICS_LINK)
     logs/NAME_latest.*         symlinks with RELATIVE targets to the newest run's files
     logs/NAME.lock             flock'ed from launch until the run's last process ends: one run per name
 

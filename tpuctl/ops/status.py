@@ -3,7 +3,8 @@
 States: running (the recorded pid is still the run: same boot, same start time), exited N, vanished
 (gone without an exit file: killed with its runner, or the host rebooted), none (no run of that
 name), and preempted: a run that vanished, or a worker that does not answer, on a TPU VM the cloud
-preempted or terminated.
+preempted or terminated. With the state, the run's progress (steps done of the total, the mean step
+time, the ETA) from its metrics.jsonl (tpuctl.ops.metrics), on the worker whose process 0 writes it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tpuctl.config import Target
+from tpuctl.ops.metrics import Progress, read_progress
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
@@ -30,6 +32,7 @@ class RunStatus:
     log: str = ""
     step: Mapping[str, str] = field(default_factory=dict)
     meta: Mapping[str, object] = field(default_factory=dict)
+    progress: Progress | None = None  # from the run's metrics.jsonl; None when it has none (yet)
 
     @property
     def label(self) -> str:
@@ -37,7 +40,8 @@ class RunStatus:
 
     def as_json(self) -> dict[str, object]:
         return {"state": self.state, "exit_code": self.exit_code, "pid": self.pid, "log": self.log,
-                "step": dict(self.step), "meta": dict(self.meta)}
+                "step": dict(self.step), "meta": dict(self.meta),
+                "progress": self.progress.as_json() if self.progress is not None else None}
 
 
 def status_script(target: Target, name: str) -> RenderedScript:
@@ -69,7 +73,11 @@ def parse_status(text: str) -> RunStatus:
 
 
 def read_status(session: Session, target: Target, worker: Worker, name: str) -> RunStatus:
-    return parse_status(session.exec(worker, status_script(target, name), "status").out)
+    """The run's state, and its progress from a small read of its metrics.jsonl's tail over SFTP."""
+    status = parse_status(session.exec(worker, status_script(target, name), "status").out)
+    if not status.log.endswith(".log"):
+        return status
+    return replace(status, progress=read_progress(session.sftp(worker), status.log.removesuffix(".log")))
 
 
 @dataclass(frozen=True)

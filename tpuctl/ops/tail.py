@@ -7,7 +7,8 @@ skipped. A log that was truncated or replaced under it, even one that has grown 
 again, is noticed by the bytes just before the offset and read again from its start. Only
 complete lines are shown while following; the partial last line waits for its newline (or for
 the run to end). A run that is gone without an exit file (killed with its runner, its host
-rebooted) is reported as vanished instead of being waited for forever.
+rebooted) is reported as vanished instead of being waited for forever. With --progress, a ProgressWatch
+reads the run's progress from its metrics.jsonl (tpuctl.ops.metrics) beside the followed log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import paramiko
 
 from tpuctl.config import Target
 from tpuctl.console import EXIT_FAILED, TpuctlError
+from tpuctl.ops.metrics import Progress, read_progress
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.retry import backoff_s, retrying
@@ -30,6 +32,7 @@ from tpuctl.workers import Worker
 READ_CHUNK = 1 << 20
 CHECK_BYTES = 64  # bytes before the offset re-read to notice a log replaced under the follower
 _DROPPED = (OSError, EOFError, paramiko.SSHException)
+PROGRESS_INTERVAL_S = 2.0
 
 
 class RunVanished(TpuctlError):
@@ -238,3 +241,57 @@ def _follow_all(followers: list[LogFollower], until_exit: bool, result: Followed
     for thread in threads:
         while thread.is_alive():  # short joins keep Ctrl-C responsive
             thread.join(0.2)
+
+
+class ProgressWatch:
+    """Reads a run's progress every PROGRESS_INTERVAL_S in a thread and hands it to `show`. Best effort:
+    a read that fails (a dropped connection, which the log's follower reconnects from) is skipped.
+
+    It has its own SFTP client on the worker's connection: paramiko's SFTPClient serves one thread at a
+    time (a second thread's reply can be read, and dropped, by the first), and the log's follower uses
+    the session's.
+    """
+
+    def __init__(self, session: Session, target_repo: str, worker: Worker, name: str,
+                 show: Callable[[Progress], None], interval_s: float = PROGRESS_INTERVAL_S):
+        self.session, self.target_repo, self.worker, self.name = session, target_repo, worker, name
+        self.show, self.interval_s = show, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProgressWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        base, sftp = None, None
+        try:
+            while not self._stop.is_set():
+                try:
+                    base = base or locate(self.session, self.worker, self.target_repo, self.name)
+                    sftp = sftp or self._open_sftp()
+                    progress = read_progress(sftp, base)
+                    if progress is not None:
+                        self.show(progress)
+                except (TpuctlError, OSError, EOFError, paramiko.SSHException):
+                    sftp = _closed(sftp)  # a new client at the next read; the follower reconnects the connection
+                self._stop.wait(self.interval_s)
+        finally:
+            _closed(sftp)
+
+    def _open_sftp(self) -> paramiko.SFTPClient:
+        sftp = paramiko.SFTPClient.from_transport(self.session.transport(self.worker))
+        sftp.get_channel().settimeout(self.session.target.ssh_timeout)
+        return sftp
+
+
+def _closed(sftp: paramiko.SFTPClient | None) -> None:
+    if sftp is not None:
+        try:
+            sftp.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # a connection already gone

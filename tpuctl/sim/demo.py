@@ -6,9 +6,10 @@ carries a placeholder W&B key (W&B offline); a tiny Qwen2 model is built locally
 `tpuctl smoke` runs the whole SOP: sync -> secrets push -> verify-env (expecting the CPU backend
 and the project's pins) -> launch `python -m trainer --preset smoke` with
 rollout.backend=sglang_jax on the tiny model and the in-repo GSM8K sample -> tail until exit ->
-the SOP's expected result.
+the SOP's expected result. Last, `tpuctl report` fetches the smoke run's metrics.jsonl from worker 0
+and writes its report (HTML and PNGs) to runs/demo-report/ in this checkout, or to --report DIR.
 
-    python -m tpuctl.sim.demo [--workers N] [--conda] [--keep DIR]
+    python -m tpuctl.sim.demo [--workers N] [--conda] [--keep DIR] [--report DIR]
 
 `--conda` runs it as the SOP's VM is set up: the target names a conda env (`mllm-jax`) instead of a
 venv, and the workers have the conda stand-in of tpuctl.sim.conda (a `conda` shell function in
@@ -32,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GSM8K_SAMPLE = "tests/trainer/data"  # relative to the synced checkout on the worker
 PLACEHOLDER_WANDB_KEY = "sim" + "0" * 37  # 40 characters, like a real key; W&B runs offline
 CONDA_ENV = "mllm-jax"  # the SOP's env name
+DEFAULT_REPORT = REPO_ROOT / "runs" / "demo-report"  # outlives the simulated VM's temporary folder
 
 
 def smoke_command(model_dir: Path, checkpoint_dir: Path | None = None) -> str:
@@ -73,15 +75,20 @@ def run_tpuctl(folder: Path, *args: str) -> int:
     return subprocess.run([sys.executable, "-m", "tpuctl", *args], cwd=folder, env=environ).returncode
 
 
-def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT, conda: bool = False) -> int:
-    """Build the simulated VM under `root`, run `tpuctl smoke` against it; returns smoke's exit code."""
+def run_demo(root: Path, workers: int = 1, repository: Path = REPO_ROOT, conda: bool = False,
+             report: Path = DEFAULT_REPORT) -> int:
+    """Build the simulated VM under `root`, run `tpuctl smoke` against it, then `tpuctl report` of the
+    smoke run into `report` when the smoke passed; returns the first failing exit code, else 0."""
     os.environ["TPUCTL_KNOWN_TPUS"] = str(root / "known_tpus.json")
     envs = {CONDA_ENV: Path(sys.prefix)} if conda else {}
     with SimTpuVm(root / "vm", workers=workers, conda_envs=envs) as vm:
         model = build_tiny_model(root / "tiny-qwen2")
         bucket = root / "bucket" / "smoke" if workers > 1 else None
         folder = prepare_project(vm, root / "project", repository, smoke_command(model, bucket))
-        return run_tpuctl(folder, "smoke")
+        code = run_tpuctl(folder, "smoke")
+        if code == 0:
+            code = run_tpuctl(folder, "report", "--name", "smoke", "--out", str(report.absolute()))
+        return code
 
 
 def main() -> None:
@@ -89,16 +96,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="workers of the simulated VM (default 1: a v4-8)")
     parser.add_argument("--conda", action="store_true", help=f"activate a conda env ({CONDA_ENV}) as the SOP's VM does")
     parser.add_argument("--keep", type=Path, help="build everything here and keep it (default: a temporary folder)")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                        help="where the smoke run's report goes (default: runs/demo-report in this checkout)")
     args = parser.parse_args()
     if subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout:
         print("note: the simulated VM syncs the last commit; uncommitted changes are not in it", flush=True)
     start = time.perf_counter()
     if args.keep:
-        code = run_demo(args.keep, args.workers, conda=args.conda)
+        code = run_demo(args.keep, args.workers, conda=args.conda, report=args.report)
     else:
         with tempfile.TemporaryDirectory(prefix="tpuctl-sim-") as tmp:
-            code = run_demo(Path(tmp), args.workers, conda=args.conda)
-    print(f"demo finished in {time.perf_counter() - start:.1f} s with exit code {code}", flush=True)
+            code = run_demo(Path(tmp), args.workers, conda=args.conda, report=args.report)
+    report = f"; the smoke run's report: {args.report.absolute() / 'report.html'}" if code == 0 else ""
+    print(f"demo finished in {time.perf_counter() - start:.1f} s with exit code {code}{report}", flush=True)
     sys.exit(code)
 
 

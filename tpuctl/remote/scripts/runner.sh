@@ -1,5 +1,6 @@
 # --- runner.sh, the detached runner of one run (logs/NAME_STAMP.sh): record who it is, load the env
 # values, activate Python, clear a stale libtpu lock, run the command, and always write the exit file.
+# The command is told where its metrics.jsonl link goes (TPUCTL_METRICS_LINK, trainer.metrics_log).
 # The secrets are loaded from the NUL-separated records `secrets push` wrote: data, never parsed by a
 # shell, so the run sees each value exactly as python-dotenv read it.
 # params: repo base env_file run_env venv conda_env assignments argv tpu_lockfile device_patterns
@@ -30,6 +31,7 @@ load_env_values() {
 
 (
   activate_python || exit 98
+  export TPUCTL_METRICS_LINK="$PWD/$base.metrics.jsonl"
   for assignment in "${assignments[@]}"; do export "${assignment?}"; done
   exec "${argv[@]}"
 ) >> "$base.log" 2>&1 < /dev/null &
