@@ -60,3 +60,19 @@ def origin(tmp_path) -> Path:
     git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "initial", cwd=work)
     git("push", "--quiet", "origin", "main", cwd=work)
     return bare
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local GCS emulator (tpuctl.sim.gcs) for the session; its `env` points a process's GCS clients at it."""
+    from tpuctl.sim.gcs import GcsEmulator
+
+    with GcsEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request) -> str:
+    """A gs:// folder of its own for each test, in a bucket emptied first."""
+    gcs_emulator.wipe()
+    return f"gs://{gcs_emulator.bucket}/{request.node.name}"
