@@ -8,6 +8,7 @@
 # uses: paths python
 
 export PATH="$HOME/.local/bin:$PATH"  # where `pip install --user` puts uv
+export UV_NATIVE_TLS=1  # the system's certificates, as pip uses: also behind a proxy or mirror with its own CA
 repo_dir=$(expand_home "$repo")
 if [ ! -f "$repo_dir/pyproject.toml" ]; then
   echo "problem=no checkout with a pyproject.toml at $repo: run tpuctl sync first"
@@ -40,7 +41,7 @@ if [ -n "$venv" ]; then
       echo "problem=uv could not be installed (python3 -m pip install --user uv failed; see $repo_dir/$log)"
       exit 0
     fi
-    if ! uv venv --seed --python "$python_version" "$venv_dir" >> "$log" 2>&1; then
+    if ! uv venv --python "$python_version" "$venv_dir" >> "$log" 2>&1; then
       echo "problem=uv could not create $venv with Python $python_version (see $repo_dir/$log)"
       exit 0
     fi
@@ -131,7 +132,8 @@ if ! ensure_uv; then
 fi
 spec=.
 if [ -n "$extra" ]; then spec=".[$extra]"; fi
-if ! uv pip install --python "$(command -v python)" -e "$spec" >> "$log" 2>&1; then
+# packaging: what missing_requirements reads requirements with (the training stack has it anyway).
+if ! uv pip install --python "$(command -v python)" -e "$spec" packaging >> "$log" 2>&1; then
   echo "problem=installing the project failed: $(tail -n 3 "$log" | tr '\n' ' ')(all of it in $repo_dir/$log)"
   exit 0
 fi
