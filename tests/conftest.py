@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import make_origin, next_address
 from tpuctl.sim.sshd import SshdWorker, keygen
-
-_ADDRESSES = itertools.count()
-
-
-def next_address() -> str:
-    """A fresh loopback address per worker (127.0.0.2, 127.0.0.3, ...), as a pod's hosts have."""
-    n = next(_ADDRESSES)
-    return f"127.0.{n // 250}.{n % 250 + 2}"
 
 
 @pytest.fixture(scope="session")
@@ -41,25 +32,11 @@ def start_workers(tmp_path, client_key):
         worker.stop()
 
 
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def origin(tmp_path) -> Path:
-    """A bare git repository holding a small project, as the training repo's origin."""
-    bare = tmp_path / "origin.git"
-    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=tmp_path)
-    work = tmp_path / "origin-work"
-    git("clone", "--quiet", str(bare), str(work), cwd=tmp_path)
-    (work / "README.md").write_text("training repo\n")
-    payload = Path(__file__).parent / "tpuctl" / "payload" / "fake_trainer.sh"
-    (work / "fake_trainer.sh").write_text(payload.read_text())
-    (work / "fake_trainer.sh").chmod(0o755)
-    git("add", "-A", cwd=work)
-    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "initial", cwd=work)
-    git("push", "--quiet", "origin", "main", cwd=work)
-    return bare
+    """A bare git repository holding a small project (with tests/tpuctl/payload/fake_trainer.sh), as the
+    training repo's origin."""
+    return make_origin(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
-"""The `tpuctl` entry point: global options, then one module per command group.
+"""The `tpuctl` entry point: global options, exit codes, and the command groups (tpuctl.commands).
 
-Nothing heavy is imported here: fabric, paramiko, google-cloud and jax load only inside commands,
-so `tpuctl --help` stays fast.
+Nothing heavy is imported here: paramiko, google-cloud and jax load only inside commands, so
+`tpuctl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typer.core import TyperGroup
 
 from tpuctl import __version__
 from tpuctl.commands import config_cmd, runs, secrets, smoke, sync, tail, tpu, trust, verify
-from tpuctl.config import Overrides
+from tpuctl.commands.common import Overrides
 from tpuctl.console import EXIT_BAD_INPUT, BadInput, TpuctlError, abort, console
+from tpuctl.pairs import parse_pairs
 
 
 class _Group(TyperGroup):
@@ -59,16 +60,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _settings(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInput(f"bad --set {pair!r}: expected KEY=VALUE, e.g. --set branch=dev")
-        values[key.strip()] = value
-    return values
-
-
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -86,7 +77,7 @@ def root(
 ) -> None:
     """Global options apply to every command; see `tpuctl config` for the effective values."""
     try:
-        values = _settings(set_ or [])
+        values = {key.strip(): value for key, value in parse_pairs(set_ or [], "--set", ", e.g. --set branch=dev").items()}
     except BadInput as exc:
         abort(str(exc))
     named = {"project": project, "zone": zone, "name": tpu, "branch": branch, "hosts": hosts,

@@ -1,4 +1,4 @@
-"""SSH to workers through fabric: pinned host keys, retries on connect errors, parallel fan-out.
+"""SSH to workers with paramiko: pinned host keys, keepalives and timeouts, retried connects, fan-out.
 
 Host keys are verified against pinned OpenSSH SHA256 fingerprints and nothing else: no
 known_hosts file is read and no key is ever added on first sight. An unknown or changed key
@@ -8,6 +8,12 @@ A worker that stops answering (its sshd stopped, a network path gone silent) is 
 connection, not a hang: keepalives go out every third of the target's `ssh_timeout`, SFTP
 requests time out after `ssh_timeout` seconds, and a command whose output has been silent that
 long is checked by opening a channel, which needs an answer. Callers such as `tail` reconnect.
+
+Plain paramiko, not fabric: fabric's `Connection.run` reads output without noticing a worker that
+went silent, its `ThreadingGroup` runs one command per host where an operation here runs several
+steps per worker (scripts and SFTP), and its string gateway re-reads our quoted ProxyCommand as
+ssh_config text, expanding `%` tokens in it. What fabric would have added is the connection object
+itself, a few lines here.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-from fabric import Config, Connection
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError
 from tpuctl.remote.render import RenderedScript
+from tpuctl.retry import backoff_s, retrying
 from tpuctl.workers import Worker, proxy_for
 
 CONNECT_ATTEMPTS = 4
@@ -54,16 +60,15 @@ class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
-        where = f"worker {self.worker.index} ({self.worker.address})"
         pin_hint = f"`tpuctl --target {self.target_alias} trust --worker {self.worker.index} --write"
         if not self.worker.fingerprints:
             raise HostKeyError(
-                f"{where} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
+                f"{self.worker} presented an unknown {key.get_name()} host key {seen}; nothing is pinned for it. "
                 f"Check the fingerprint out of band, then pin it with {pin_hint}` or add it to host_keys"
             )
         if seen not in self.worker.fingerprints:
             raise HostKeyError(
-                f"{where} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
+                f"{self.worker} presented host key {seen}, but {', '.join(self.worker.fingerprints)} is pinned: "
                 f"the key CHANGED. If the VM was recreated, re-pin with {pin_hint} --replace`; otherwise do not connect"
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
@@ -122,7 +127,7 @@ class Outcome[T]:
 
 
 class Session:
-    """Lazily opened, reused SSH connections to the workers of one target.
+    """Lazily opened, reused SSH connections (and SFTP clients) to the workers of one target.
 
     `proxy_command` overrides the target's proxy template (proxy_command / tunnel_through_iap).
     """
@@ -133,48 +138,47 @@ class Session:
             raise BadInput(f"identity_file {identity!r} not found: expected the private key file that logs in to the workers")
         self.target = target
         self.proxy_command = proxy_command
-        self._connections: dict[int, Connection] = {}
+        self._clients: dict[int, paramiko.SSHClient] = {}
+        self._sftps: dict[int, paramiko.SFTPClient] = {}
         self._lock = threading.Lock()
 
-    def connection(self, worker: Worker) -> Connection:
+    def transport(self, worker: Worker) -> paramiko.Transport:
+        """The worker's live SSH transport, connecting (again) when there is none."""
         with self._lock:
-            conn = self._connections.get(worker.index)
-        if conn is None or not conn.is_connected:
-            conn = self._open(worker)
+            client = self._clients.get(worker.index)
+        transport = client.get_transport() if client is not None else None
+        if transport is None or not transport.is_active():
+            client = self._connect(worker)
             with self._lock:
-                self._connections[worker.index] = conn
-        return conn
+                self._clients[worker.index] = client
+            transport = client.get_transport()
+        return transport
 
-    def _open(self, worker: Worker) -> Connection:
-        last: BaseException | None = None
-        for attempt in range(CONNECT_ATTEMPTS):
-            conn = self._new_connection(worker)
-            try:
-                conn.open()
-                conn.client.get_transport().set_keepalive(max(1, self.target.ssh_timeout // 3))
-                return conn
-            except BaseException as exc:  # noqa: BLE001 - classified right below
-                conn.close()
-                if not _retryable(exc):
-                    raise _user_error(worker, exc) from None
-                last = exc
-                time.sleep(0.25 * 2**attempt)
-        raise ConnectError(f"cannot connect to worker {worker.index} ({worker.address}) after "
-                           f"{CONNECT_ATTEMPTS} attempts: {_describe(last)}")
+    def _connect(self, worker: Worker) -> paramiko.SSHClient:
+        try:
+            return retrying(lambda: self._connect_once(worker), _retryable, lambda exc, attempt: backoff_s(attempt, 0.25, 2.0),
+                            attempts=CONNECT_ATTEMPTS)
+        except Exception as exc:
+            if not _retryable(exc):
+                raise _user_error(worker, exc) from None
+            raise ConnectError(f"cannot connect to {worker} after {CONNECT_ATTEMPTS} attempts: {_describe(exc)}") from None
 
-    def _new_connection(self, worker: Worker) -> Connection:
+    def _connect_once(self, worker: Worker) -> paramiko.SSHClient:
+        """One attempt: pinned key policy, the target's user and key (no agent, no ~/.ssh config), its proxy."""
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
         identity = self.target.identity_file
-        connect_kwargs: dict = {"banner_timeout": CONNECT_TIMEOUT_S, "auth_timeout": CONNECT_TIMEOUT_S}
-        if identity:
-            connect_kwargs.update(key_filename=[str(Path(identity).expanduser())], look_for_keys=False,
-                                  allow_agent=False)
-        gateway = proxy_for(self.target, worker, self.proxy_command)
-        conn = Connection(
-            worker.host, user=self.target.user, port=worker.port, connect_timeout=int(CONNECT_TIMEOUT_S),
-            connect_kwargs=connect_kwargs, gateway=gateway, config=Config(ssh_config=paramiko.SSHConfig()),
-        )
-        conn.client.set_missing_host_key_policy(PinnedKeyPolicy(worker, self.target.alias))
-        return conn
+        keys = {"key_filename": [str(Path(identity).expanduser())], "look_for_keys": False, "allow_agent": False}
+        proxy = proxy_for(self.target, worker, self.proxy_command)
+        try:
+            client.connect(worker.host, port=worker.port, username=self.target.user, timeout=CONNECT_TIMEOUT_S,
+                           banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S,
+                           sock=paramiko.ProxyCommand(proxy) if proxy else None, **(keys if identity else {}))
+            client.get_transport().set_keepalive(max(1, self.target.ssh_timeout // 3))
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def exec(self, worker: Worker, script: RenderedScript, what: str, timeout: float | None = 300.0) -> ExecResult:
         """Run a bash script on the worker, fed on stdin so it never shows in the remote process list.
@@ -185,8 +189,7 @@ class Session:
         """
         if not isinstance(script, RenderedScript):
             raise TypeError("only scripts from tpuctl.remote.render run on a worker")
-        transport = self.connection(worker).client.get_transport()
-        channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+        channel = self.transport(worker).open_session(timeout=CONNECT_TIMEOUT_S)
         try:
             channel.exec_command("bash -s")
             channel.sendall(script.encode())
@@ -194,34 +197,42 @@ class Session:
             stdout, stderr = _drain(channel, timeout, self.target.ssh_timeout)
             result = ExecResult(stdout, stderr, channel.recv_exit_status())
         except TimeoutError:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what}: no answer within {timeout:.0f} s") from None
+            raise TpuctlError(f"{worker}: {what}: no answer within {timeout:.0f} s") from None
         except ConnectionLost as exc:
             self.drop(worker)
-            raise ConnectionLost(f"worker {worker.index} ({worker.address}): {what}: {exc}") from None
+            raise ConnectionLost(f"{worker}: {what}: {exc}") from None
         finally:
             channel.close()
         if result.code != 0:
-            raise TpuctlError(f"worker {worker.index} ({worker.address}): {what} failed: {result.failure}")
+            raise TpuctlError(f"{worker}: {what} failed: {result.failure}")
         return result
 
     def sftp(self, worker: Worker) -> paramiko.SFTPClient:
-        """An SFTP client whose requests time out after ssh_timeout seconds (socket.timeout, an OSError)."""
-        client = self.connection(worker).sftp()
+        """The worker's SFTP client, whose requests time out after ssh_timeout seconds (socket.timeout, an OSError)."""
+        transport = self.transport(worker)
+        with self._lock:
+            client = self._sftps.get(worker.index)
+        if client is None or client.get_channel().get_transport() is not transport:
+            client = paramiko.SFTPClient.from_transport(transport)
+            with self._lock:
+                self._sftps[worker.index] = client
         client.get_channel().settimeout(self.target.ssh_timeout)
         return client
 
     def drop(self, worker: Worker) -> None:
         """Forget a worker's connection (after it broke) so the next use reconnects."""
         with self._lock:
-            conn = self._connections.pop(worker.index, None)
-        if conn is not None:
-            conn.close()
+            sftp, client = self._sftps.pop(worker.index, None), self._clients.pop(worker.index, None)
+        for closable in (sftp, client):
+            if closable is not None:
+                closable.close()
 
     def close(self) -> None:
         with self._lock:
-            conns, self._connections = list(self._connections.values()), {}
-        for conn in conns:
-            conn.close()
+            open_ones = [*self._sftps.values(), *self._clients.values()]
+            self._sftps, self._clients = {}, {}
+        for closable in open_ones:
+            closable.close()
 
     def each[T](self, workers: Sequence[Worker], work: Callable[[Worker], T]) -> list[Outcome[T]]:
         """Run `work` on every worker in parallel; each worker's error is kept, none hides another."""
@@ -232,7 +243,7 @@ class Session:
                 return Outcome(worker, error=str(exc))
             except Exception as exc:  # noqa: BLE001 - reported per worker, never swallowed
                 self.drop(worker)
-                return Outcome(worker, error=f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+                return Outcome(worker, error=f"{worker}: {_describe(exc)}")
 
         if len(workers) <= 1:
             return [guarded(worker) for worker in workers]
@@ -284,9 +295,9 @@ def _user_error(worker: Worker, exc: BaseException) -> TpuctlError:
     if isinstance(exc, TpuctlError):
         return exc
     if isinstance(exc, paramiko.AuthenticationException):
-        return TpuctlError(f"worker {worker.index} ({worker.address}): authentication failed; check user and "
+        return TpuctlError(f"{worker}: authentication failed; check user and "
                            f"identity_file (the public key must be in the VM's authorized keys or metadata)")
-    return TpuctlError(f"worker {worker.index} ({worker.address}): {_describe(exc)}")
+    return TpuctlError(f"{worker}: {_describe(exc)}")
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -1,11 +1,17 @@
-"""Workers of a target and the `--worker` selection syntax: 0 | all | 0,2 | 1-3."""
+"""A worker (one host of a target) and how it is named, reached and selected.
+
+Worker prints as `worker 1 (10.0.0.3:22)` in messages; `--worker` selects by index (0 | all | 0,2 |
+1-3); a target's explicit hosts make its workers here, a TPU VM's come from the TPU API
+(tpuctl.gcp.discovery, chosen between in tpuctl.ops.targets); `proxy_for` fills in the ProxyCommand
+that reaches one.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from tpuctl.config import Target
+from tpuctl.config import HostPort, Target
 from tpuctl.console import BadInput
 from tpuctl.remote.render import fill_template
 
@@ -26,14 +32,17 @@ class Worker:
     # The VM's instance name (TPU workers publish it); IAP tunnels connect to instances by name.
     instance: str = ""
 
+    def __str__(self) -> str:
+        """How messages name a worker: `worker 1 (10.0.0.3:22)`."""
+        return f"worker {self.index} ({self.address})"
+
     @property
     def label(self) -> str:
         return f"w{self.index}"
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return str(HostPort(self.host, self.port))
 
 
 def parse_worker_spec(spec: str, count: int) -> list[int]:
@@ -65,29 +74,6 @@ def explicit_workers(target: Target) -> list[Worker]:
         Worker(index=i, host=hp.host, port=hp.port, fingerprints=(keys[i],) if keys[i] else ())
         for i, hp in enumerate(target.host_ports())
     ]
-
-
-def resolve_workers(target: Target, require_ready: bool = True) -> list[Worker]:
-    """All workers of the target, in worker-index order: its explicit hosts, else its TPU VM's workers.
-
-    A TPU VM's workers come from the TPU API (see tpuctl.gcp.discovery); `require_ready=False` also
-    accepts a node that cannot be used now (e.g. PREEMPTED), for commands that only report on it.
-    """
-    if target.hosts:
-        return explicit_workers(target)
-    if target.name:
-        from tpuctl.gcp.discovery import discover_workers
-
-        return discover_workers(target, require_ready)
-    raise BadInput(
-        f"target {target.alias!r} has no hosts: set hosts = [\"host[:port]\", ...] in tpuctl.toml "
-        f"or TPUCTL_HOSTS, or name a TPU VM (name, project, zone) to find its workers through the TPU API"
-    )
-
-
-def select_workers(target: Target, spec: str, require_ready: bool = True) -> list[Worker]:
-    workers = resolve_workers(target, require_ready)
-    return [workers[i] for i in parse_worker_spec(spec, len(workers))]
 
 
 def proxy_for(target: Target, worker: Worker, template: str | None = None) -> str | None:

@@ -34,13 +34,13 @@ import workload
 from profile_step import floors
 from run import prepare
 from run_trainer import workload_sets
+from trainer.sampling import generate
 
 from trainer.advantages import group_advantages
 from trainer.config import load_config
 from trainer.loop import GRPOLoop, resolve_auto_values
 from trainer.model.qwen2 import Qwen2ForCausalLM
 from trainer.runtime import start
-from trainer.sampling import generate
 from trainer.testing import perf
 from trainer.train_step import TrainState, batch_from_host, completion_logps, loss_settings, make_train_step
 

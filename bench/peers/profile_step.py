@@ -36,6 +36,7 @@ import optax
 import workload
 from run import prepare
 from run_trainer import workload_sets
+from trainer.sampling import prompt_positions
 
 from trainer.advantages import group_advantages
 from trainer.config import load_config
@@ -43,7 +44,6 @@ from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
 from trainer.model.qwen2 import KVCache
 from trainer.runtime import start
-from trainer.sampling import prompt_positions
 from trainer.testing import perf
 from trainer.train_step import batch_from_host, loss_settings
 

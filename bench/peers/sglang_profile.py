@@ -27,6 +27,7 @@ import jax
 import workload
 from run import prepare
 from run_trainer import workload_sets
+from trainer.sampling import SamplingSettings
 
 from trainer.config import load_config
 from trainer.data import left_pad
@@ -36,7 +37,6 @@ from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.jax_sampler import JaxSamplerBackend
 from trainer.rollout.sglang_jax import SglangJaxBackend
 from trainer.runtime import start
-from trainer.sampling import SamplingSettings
 from trainer.sharding import put_tree, tree_shardings
 
 DEFAULT_ENGINES = [

@@ -17,10 +17,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from trainer.sampling import prompt_positions
 
 from trainer.losses import per_token_loss
 from trainer.model.qwen2 import apply_rope, rope_angles
-from trainer.sampling import prompt_positions
 from trainer.train_step import TrainState
 
 NEG = jnp.finfo(jnp.float32).min

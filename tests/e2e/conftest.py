@@ -1,11 +1,9 @@
-"""The simulated TPU VM of the README demo, with the real trainer installed on its "VM" side."""
+"""Fixtures of the end-to-end tests: the README demo's simulated TPU VM (one worker, conda, a two-host pod),
+with the real trainer installed on its "VM" side."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,31 +11,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("sgl_jax")
 
-from tpuctl.sim.demo import CONDA_ENV, REPO_ROOT, build_tiny_model, prepare_project, smoke_command  # noqa: E402
-from tpuctl.sim.vm import SimTpuVm  # noqa: E402
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-@dataclass
-class SimProject:
-    vm: SimTpuVm
-    folder: Path
-    model: Path
-
-    def tpuctl(self, *args: str, timeout: float = 600) -> Ran:
-        """The real CLI in its own process, run from the project folder as a user would."""
-        done = subprocess.run([sys.executable, "-m", "tpuctl", *args], cwd=self.folder, capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
-        return Ran(done.returncode, done.stdout, done.stderr)
-
-    def log(self, index: int, name: str) -> str:
-        return self.vm.remote(index, f"~/repo/logs/{name}_latest.log").read_text()
+from tests.e2e.helpers import SimProject, make_sim_project  # noqa: E402
+from tpuctl.sim.demo import REPO_ROOT, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +38,6 @@ def committed_repo(tmp_path_factory) -> Path:
     subprocess.run(["git", "-C", str(copy), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit",
                     "--quiet", "--allow-empty", "-m", "under test"], check=True)
     return copy
-
-
-def make_sim_project(root: Path, workers: int, repo: Path, model: Path, conda: bool = False) -> tuple[SimTpuVm, Path]:
-    """A simulated VM and a project folder targeting it; `conda`: the SOP's conda env instead of a venv."""
-    vm = SimTpuVm(root / "vm", workers=workers, conda_envs={CONDA_ENV: Path(sys.prefix)} if conda else {}).__enter__()
-    return vm, prepare_project(vm, root / "project", repo, smoke_command(model))
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+from tests.helpers import wait_for
 from tpuctl.sim.demo import smoke_command
 
 CPU_TINY = ["JAX_PLATFORMS=cpu", "JAX_NUM_CPU_DEVICES=2", "WANDB_MODE=disabled", "python", "-m", "trainer",
@@ -23,13 +23,7 @@ def steps_of(text: str, label: str = "") -> list[str]:
     return [m[2] for line in text.splitlines() if (m := STEP.match(line)) and (m[1] or "") == label]
 
 
-def wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
+POD_WAIT = {"timeout": 120.0, "interval": 0.2}  # a pod's steps take longer than a fake run's
 
 
 def bucket(pod, name: str) -> list[str]:
@@ -75,7 +69,7 @@ def test_launch_on_all_workers_forms_one_jax_job(sim_pod):
 def test_stop_ends_the_run_on_both_workers(sim_pod):
     assert sim_pod.tpuctl("launch", "--name", "long", "--", *CPU_TINY, "--set", "steps=100000",
                           *bucket(sim_pod, "long")).code == 0
-    wait_for(lambda: all("step=1 " in sim_pod.log(i, "long") for i in (0, 1)))
+    wait_for(lambda: all("step=1 " in sim_pod.log(i, "long") for i in (0, 1)), **POD_WAIT)
     rows = states(sim_pod, "long")
     assert rows[0]["state"] == rows[1]["state"] == "running"
     stopped = sim_pod.tpuctl("stop", "--name", "long", "--grace", "60")
@@ -90,11 +84,11 @@ def test_stop_ends_the_run_on_both_workers(sim_pod):
 def test_a_killed_trainer_shows_in_status_and_stop_cleans_the_other(sim_pod):
     assert sim_pod.tpuctl("launch", "--name", "drill", "--", *CPU_TINY, "--set", "steps=100000",
                           *bucket(sim_pod, "drill")).code == 0
-    wait_for(lambda: all("step=1 " in sim_pod.log(i, "drill") for i in (0, 1)))
+    wait_for(lambda: all("step=1 " in sim_pod.log(i, "drill") for i in (0, 1)), **POD_WAIT)
     runner = int(sim_pod.vm.remote(1, "~/repo/logs/drill_latest.pid").read_text())
     trainer = subprocess.run(["pgrep", "-P", str(runner)], capture_output=True, text=True).stdout.split()[0]
     os.kill(int(trainer), signal.SIGKILL)
-    rows = wait_for(lambda: (r := states(sim_pod, "drill"))[1]["state"] == "exited" and r)
+    rows = wait_for(lambda: (r := states(sim_pod, "drill"))[1]["state"] == "exited" and r, **POD_WAIT)
     assert rows[1]["exit_code"] == 137
     stopped = sim_pod.tpuctl("stop", "--name", "drill", "--grace", "30")
     assert stopped.code == 0

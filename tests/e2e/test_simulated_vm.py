@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-from tests.e2e.conftest import make_sim_project  # noqa: F401 (documents where the VM comes from)
 from tpuctl.sim.demo import smoke_command
 
 

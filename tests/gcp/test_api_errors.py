@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.sim.fake_tpu_api import DEFAULT_RUNTIMES, SimEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]

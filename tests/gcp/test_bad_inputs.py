@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.sim.fake_tpu_api import DEFAULT_RUNTIMES, SimEndpoint
 
 RT = DEFAULT_RUNTIMES[0]

@@ -5,21 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import time
 
 import pytest
 
-from tests.conftest import git
-from tests.tpuctl.conftest import WANDB_KEY, run
-
-
-def wait_for_file(path, timeout=20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.1)
-    raise AssertionError(f"{path} did not appear")
+from tests.helpers import git
+from tests.tpuctl.helpers import WANDB_KEY, exit_text, run
 
 
 def test_one_worker_sync_launch_status_stop(make_pod):
@@ -49,7 +39,7 @@ def test_three_workers_sync_launch_status_tail(make_pod):
     launched = run("launch", "--name", "pod", "--", "./fake_trainer.sh", "--steps", "2")
     assert launched.code == 0, launched.all
     for index in range(3):
-        assert wait_for_file(pod.remote(index, "~/repo/logs/pod_latest.exit")) == "0"
+        assert exit_text(pod, "pod", index) == "0"
     # The coordinator is worker 0's INTERNAL address, although SSH went to the external ones.
     meta = json.loads(pod.remote(2, "~/repo/logs/pod_latest.meta.json").read_text())
     assert meta["distributed"] == {"JAX_COORDINATOR_ADDRESS": "10.130.0.2:8476", "JAX_NUM_PROCESSES": "3",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.sim.fake_tpu_api import SimEndpoint
 from tpuctl.sim.sshd import keygen
 

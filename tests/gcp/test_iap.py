@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.config import IAP_PROXY_COMMAND, Target
 from tpuctl.sim import tcp_relay
 from tpuctl.sim.fake_tpu_api import SimEndpoint, host_keys_of
@@ -51,3 +51,18 @@ def test_the_default_iap_proxy_is_gclouds_tunnel_to_the_instance():
     assert proxy_for(target, worker) == ("gcloud compute start-iap-tunnel t1v-n-abc-w-1 22 --listen-on-stdin "
                                          "--project my-project --zone us-central2-b --verbosity warning")
     assert proxy_for(Target(name="pod"), worker) is None
+
+
+def test_the_proxy_command_runs_as_written_percent_signs_included(make_pod, tmp_path):
+    """A ProxyCommand is a command, not ssh_config text: a `%h` or `%p` in the template or in an instance
+    name the TPU API publishes reaches the proxy literally, never expanded to the host or port."""
+    pod = make_pod(1, node=False)
+    instance = "t1v-n-%h-w-%p"
+    pod.api.add_node(pod.name, [SimEndpoint("10.130.7.2", "", host_keys_of(pod.workers[0].host_key.with_suffix(".pub")),
+                                            instance)], accelerator_type="v4-8")
+    log = tmp_path / "relay-%h.log"
+    pod.write_config(proxy_command=f"{sys.executable} {Path(tcp_relay.__file__)} --log {log} "
+                                   f"--route {instance}={pod.workers[0].address} {{instance}} {{port}}")
+    synced = run("sync")
+    assert synced.code == 0, synced.all
+    assert log.read_text().splitlines() == [f"{instance} {pod.workers[0].port} -> {pod.workers[0].address}"]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.tpuctl.conftest import run
-from tests.tpuctl.test_cli_startup import HEAVY, PROBE
+from tests.tpuctl.helpers import HEAVY, run, startup_imports
 from tpuctl.cli import app
 from tpuctl.sim.fake_tpu_api import DEFAULT_RUNTIMES
 
@@ -110,8 +107,6 @@ def test_add_ssh_key_adds_a_missing_key_once_and_keeps_the_others(make_pod):
 
 @pytest.mark.parametrize("command", ["up", "down", "list", "describe", "add-ssh-key", "forget-keys"])
 def test_help_of_the_tpu_commands_imports_nothing_heavy(command):
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps([command, "--help"])], capture_output=True,
-                         text=True, check=True).stdout
+    out, modules = startup_imports([command, "--help"])
     assert "Usage" in out
-    modules = json.loads(out.split("MODULES=")[1])
     assert not set(HEAVY) & set(modules)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 
 
 def kill_run(pod, index: int, name: str, wait: bool = True) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 
 CASES = [
     (("sync", "--worker", "abc"), "bad worker selection 'abc'"),

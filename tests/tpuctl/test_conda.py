@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tpuctl.conftest import run
-from tests.tpuctl.test_runs import exit_text, logs
+from tests.tpuctl.helpers import exit_text, logs, run
 from tpuctl.sim.conda import install_conda
 
 pytest.importorskip("jax")

@@ -6,7 +6,7 @@ import json
 
 import tomlkit
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 
 
 def test_precedence_file_then_environment_then_flags(project1, monkeypatch):

@@ -8,31 +8,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.tpuctl.conftest import run
-from tests.tpuctl.test_runs import exit_text, logs, wait_for
-from tpuctl.remote.git import parse_fields
-from tpuctl.remote.runs import LaunchPlan, launch_script
+from tests.helpers import wait_for
+from tests.tpuctl.helpers import exit_text, logs, run, tail_a_long_run, tpuctl_process
+from tpuctl.ops.launch import LaunchPlan, launch_script
+from tpuctl.pairs import fields
 
 STEP = "step={} loss=0.000000 entropy=0.2363 reward_mean=0.1250 dt=0.0{}s"
-
-
-@pytest.fixture
-def synced1(project1):
-    assert run("sync").code == 0
-    return project1
-
-
-def tpuctl_process(project, *args: str) -> subprocess.Popen:
-    """The real CLI in its own process, from the project folder, as a user runs it."""
-    return subprocess.Popen([sys.executable, "-m", "tpuctl", *args], cwd=project.folder, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
 
 
 def state(name: str = "train") -> str:
@@ -47,13 +33,7 @@ def test_tail_reconnects_when_the_worker_stops_answering(synced1):
     """The worker's sshd sessions are SIGSTOPped mid-tail and stay stopped: within ssh_timeout tail
     counts the silence as a dropped connection, reconnects, and shows every line once."""
     synced1.write_config(ssh_timeout=2)
-    assert run("launch", "--", "./fake_trainer.sh", "--steps", "60", "--sleep", "0.1").code == 0
-    log = logs(synced1) / "train_latest.log"
-    wait_for(lambda: log.exists())
-    results = {}
-    follower = threading.Thread(target=lambda: results.update(r=run("tail", "--until-exit", "-n", "1000")))
-    follower.start()
-    wait_for(lambda: "step=10 " in log.read_text())
+    follower, results = tail_a_long_run(synced1, "0.1")
     time.sleep(0.5)  # tail is past its first reads
     stopped = synced1.workers[0].session_pids()
     assert stopped, "tail's session was not found"
@@ -188,13 +168,13 @@ def test_a_launch_with_the_same_stamp_never_overwrites_a_runs_files(synced1):
     """Two launches of one name in the same second (the first already done): the files are noclobber."""
     session, workers = synced1.session()
     plan = LaunchPlan("quick", "20250101T000000Z", ("bash", "-c", "echo first"))
-    first = parse_fields(session.exec(workers[0], launch_script(session.target, plan, 0, {}), "launch").out)
+    first = fields(session.exec(workers[0], launch_script(session.target, plan, 0, {}), "launch").out)
     assert first.get("pid"), first
     assert exit_text(synced1, "quick") == "0"
     log = logs(synced1) / "quick_20250101T000000Z.log"
     before = log.read_text()
     again = LaunchPlan("quick", "20250101T000000Z", ("bash", "-c", "echo second"))
-    second = parse_fields(session.exec(workers[0], launch_script(session.target, again, 0, {}), "launch").out)
+    second = fields(session.exec(workers[0], launch_script(session.target, again, 0, {}), "launch").out)
     session.close()
     assert "the files of run logs/quick_20250101T000000Z exist already" in second.get("refused", ""), second
     time.sleep(0.5)

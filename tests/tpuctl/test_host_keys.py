@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.sim.sshd import keygen
 
 

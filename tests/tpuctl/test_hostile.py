@@ -13,7 +13,6 @@ command line can carry reach tpuctl too.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shutil
 import subprocess
@@ -21,14 +20,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomlkit
 from dotenv import dotenv_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import git, next_address
-from tests.tpuctl.conftest import Project, run
-from tests.tpuctl.test_runs import wait_for
+from tests.helpers import git, make_origin, next_address, wait_for
+from tests.tpuctl.helpers import Project, make_project, run
 from tpuctl.sim.conda import install_conda
 from tpuctl.sim.sshd import SshdWorker
 
@@ -38,41 +35,20 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory, client_key, origin_module):
+def hostile(tmp_path_factory, client_key):
     """One worker, a synced checkout, a marker folder that must stay empty, and the CLI's cwd."""
     root = tmp_path_factory.mktemp("hostile")
     worker = SshdWorker(root / "worker", next_address(), client_key.with_suffix(".pub").read_text()).start()
-    folder = root / "project"
-    folder.mkdir()
     markers = root / "markers"
     markers.mkdir()
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setenv("COLUMNS", "250")
-        for name in [n for n in os.environ if n.startswith("TPUCTL_")]:
-            patch.delenv(name)
-        project = Project(folder, [worker], origin_module, client_key)
-        project.write_config()
+        project = make_project(root, [worker], make_origin(root), client_key, patch)
         project.write_env()
         assert run("sync").code == 0
         try:
             yield Hostile(project, markers)
         finally:
             worker.stop()
-
-
-@pytest.fixture(scope="module")
-def origin_module(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile-origin")
-    bare = root / "origin.git"
-    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=root)
-    work = root / "work"
-    git("clone", "--quiet", str(bare), str(work), cwd=root)
-    (work / "README.md").write_text("training repo\n")
-    git("add", "-A", cwd=work)
-    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "initial", cwd=work)
-    git("push", "--quiet", "origin", "main", cwd=work)
-    return bare
 
 
 class Hostile:
@@ -82,8 +58,7 @@ class Hostile:
         self.home = project.workers[0].home
 
     def configure(self, **changes) -> None:
-        table = {**self.project.target_table(), **changes}
-        self.project.config_file.write_text(tomlkit.dumps({"targets": {"sim": table}}))
+        self.project.write_config(**changes)
 
     def marker_commands(self) -> list[str]:
         """Ways a value could break out of its quoting, each of which would create a file in markers/."""
@@ -246,7 +221,7 @@ def check_repo_url(h: Hostile, value: str) -> str:
 
 def check_branch(h: Hostile, value: str) -> str:
     """branch = <value>: pushed to the origin when git allows the name; the worker checks it out."""
-    work = h.project.origin.parent / "work"
+    work = h.project.origin.parent / "origin-work"
     pushed = "\0" not in value and subprocess.run(["git", "push", "--quiet", "origin", f"HEAD:refs/heads/{value}"],
                                                    cwd=work, capture_output=True).returncode == 0
     repo = f"branch{next(_names)}"

@@ -13,40 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.tpuctl.conftest import HF_TOKEN, WANDB_KEY, run
-from tpuctl.commands.runs import utc_stamp
-from tpuctl.remote.runs import parse_status, status_script
-
-
-def wait_for(predicate, timeout=20.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-def logs(project, index=0) -> Path:
-    return project.remote(index, "~/repo/logs")
-
-
-def exit_text(project, name="train", index=0) -> str:
-    path = logs(project, index) / f"{name}_latest.exit"
-    return wait_for(lambda: path.exists() and path.read_text().strip())
-
-
-@pytest.fixture
-def synced1(project1):
-    assert run("sync").code == 0
-    return project1
-
-
-@pytest.fixture
-def synced3(project3):
-    assert run("sync").code == 0
-    return project3
+from tests.helpers import wait_for
+from tests.tpuctl.helpers import HF_TOKEN, WANDB_KEY, exit_text, logs, run
+from tpuctl.ops.runs import utc_stamp
+from tpuctl.ops.status import parse_status, status_script
 
 
 def test_launch_writes_run_files_with_relative_latest_links(synced1):
@@ -155,7 +125,7 @@ def test_lock_file_removed_only_when_no_process_holds_the_devices(synced1, tmp_p
     device.write_text("")
     lock = tmp_path / "libtpu_lockfile"
     lock.write_text("")
-    from tpuctl.remote.runs import stop_script
+    from tpuctl.ops.stop import stop_script
 
     holder = subprocess.Popen(["bash", "-c", f"exec 3<{device}; sleep 30"])
     try:
@@ -222,7 +192,7 @@ def test_the_lock_file_is_kept_when_not_every_process_can_be_seen(synced1, tmp_p
     lock = shared / "libtpu_lockfile"
     lock.write_text("")
     lock.chmod(0o666)
-    from tpuctl.remote.runs import stop_script
+    from tpuctl.ops.stop import stop_script
 
     script = stop_script(session.target, "train", 1, lockfile=str(lock), device_patterns=(str(device),))
     holder = subprocess.Popen(["bash", "-c", f"exec 3<{device}; sleep 30"])  # root holds the "TPU"

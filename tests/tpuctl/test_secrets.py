@@ -11,8 +11,8 @@ import paramiko
 import pytest
 from dotenv import dotenv_values
 
-from tests.tpuctl.conftest import HF_TOKEN, WANDB_KEY, run
-from tests.tpuctl.test_runs import wait_for
+from tests.helpers import wait_for
+from tests.tpuctl.helpers import HF_TOKEN, WANDB_KEY, run
 
 
 def test_push_copies_with_mode_600_and_shows_key_names_only(project3):

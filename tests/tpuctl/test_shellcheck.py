@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tpuctl.commands.runs import launch_scripts
-from tpuctl.commands.secrets import push_preview
 from tpuctl.config import Target
 from tpuctl.console import BadInput
-from tpuctl.follow import locate_script, run_state_script
-from tpuctl.remote.git import apply_script, preflight_script
-from tpuctl.remote.probe import probe_script
+from tpuctl.ops.launch import LaunchPlan, launch_plan
+from tpuctl.ops.secrets import push_plan
+from tpuctl.ops.status import status_script
+from tpuctl.ops.stop import stop_script
+from tpuctl.ops.sync import SyncLabels, apply_script, preflight_script
+from tpuctl.ops.tail import locate_script, run_state_script
+from tpuctl.ops.verify import probe_script
 from tpuctl.remote.render import heredoc_delimiter, render, script_file, ssh_preview
-from tpuctl.remote.runs import LaunchPlan, status_script, stop_script
 from tpuctl.sim.conda import CONDA_SH
 from tpuctl.workers import Worker
 
@@ -45,11 +46,11 @@ def every_script(target: Target, workers: int) -> list[str]:
     plan = LaunchPlan("train", "20250101T000000Z", ("STEPS=1", "python", "-m", "trainer", "--set", "a=$b c"),
                       {"WANDB_MODE": "offline"})
     scripts = [preflight_script(target), preflight_script(target, force=True),
-               apply_script(target, "tpuctl sync 2025-01-01T00:00:00Z", "20250101T000000Z"),
-               *(s for s in push_preview(target, Path(".env")) if isinstance(s, str)),
+               apply_script(target, SyncLabels("tpuctl sync 2025-01-01T00:00:00Z", "20250101T000000Z")),
+               *(s for _, s in push_plan(target, pool[:1], Path(".env")) if isinstance(s, str)),
                probe_script(target), status_script(target, "train"), stop_script(target, "train", 30),
                locate_script(target.remote_repo, "train"), run_state_script("/srv/repo/logs/train_20250101T000000Z")]
-    scripts += [s.text if not isinstance(s, str) else s for _, s in launch_scripts(target, pool, plan)]
+    scripts += [s.text if not isinstance(s, str) else s for _, s in launch_plan(target, pool, plan)]
     return [s for s in scripts if s.startswith("#!/usr/bin/env bash")]
 
 

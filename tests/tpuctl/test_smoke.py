@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.tpuctl.conftest import WANDB_KEY, run
-from tpuctl.smoke_checks import rollout_backend
+from tests.tpuctl.helpers import WANDB_KEY, run
+from tpuctl.ops.smoke import rollout_backend
 
 pytest.importorskip("jax")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 from tpuctl.cli import app
 
 SOPS = Path(__file__).resolve().parents[2] / "sops"

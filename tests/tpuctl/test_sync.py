@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import git
-from tests.tpuctl.conftest import run
+from tests.helpers import git
+from tests.tpuctl.helpers import run
 
 
 def _commit(project, name: str, text: str) -> str:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
-from tests.tpuctl.conftest import run
-from tests.tpuctl.test_runs import exit_text, logs, wait_for
-from tpuctl.follow import LogFollower
+from tests.tpuctl.helpers import exit_text, run, tail_a_long_run
+from tpuctl.ops.tail import LogFollower
 
 
 def test_last_lines(project1):
@@ -32,13 +30,7 @@ def test_until_exit_returns_the_runs_own_exit_code(project1):
 def test_follow_across_an_sshd_restart_has_no_gaps_or_repeats(project1):
     """The server (and every session it forked) dies mid-run; tail reconnects and resumes at its byte offset."""
     assert run("sync").code == 0
-    assert run("launch", "--", "./fake_trainer.sh", "--steps", "60", "--sleep", "0.05").code == 0
-    log = logs(project1) / "train_latest.log"
-    wait_for(lambda: log.exists())
-    results = {}
-    follower = threading.Thread(target=lambda: results.update(r=run("tail", "--until-exit", "-n", "1000")))
-    follower.start()
-    wait_for(lambda: "step=10 " in log.read_text())
+    follower, results = tail_a_long_run(project1, "0.05")
     project1.workers[0].stop()
     time.sleep(1.0)  # lines keep arriving while the worker is unreachable
     project1.workers[0].start()

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from tests.tpuctl.conftest import run
+from tests.tpuctl.helpers import run
 
 pytest.importorskip("jax")
 

@@ -1,1 +1,3 @@
-"""One module per command group; each registers its commands on the root app."""
+"""The command groups: one module each, registering its commands on the root app. A command parses its
+arguments, calls operations (tpuctl.ops, tpuctl.gcp) and prints their reports (views.py); nothing heavy
+is imported until a command runs."""

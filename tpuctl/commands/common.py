@@ -1,44 +1,58 @@
-"""What every command shares: its options, the target it acts on, and per-worker reporting.
+"""What every command shares: its options, what the command line asked for, and the target, workers and
+SSH session it acts on.
 
-Kept light on purpose: fabric and paramiko are imported only once a command runs.
+Kept light on purpose: the configuration, paramiko and the TPU API are imported only once a command runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tpuctl.config import Overrides, Target, load_target
-from tpuctl.console import EXIT_FAILED, console, err_console, shown
-from tpuctl.remote.render import ssh_preview
-from tpuctl.workers import Worker, proxy_for, select_workers
+from tpuctl.console import EXIT_FAILED, BadInput
 
 if TYPE_CHECKING:
-    from tpuctl.transport import Outcome, Session
+    from tpuctl.config import Target
+    from tpuctl.transport import Session
+    from tpuctl.workers import Worker
 
 WorkerOpt = Annotated[str, typer.Option("--worker", "-w", help="Workers: 0 | all | 0,2 | 1-3.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print every remote script per worker, in order; change nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 NameOpt = Annotated[str, typer.Option("--name", help="Run name: logs/<name>_<UTC stamp>.{log,exit,pid}.")]
+CommandArg = Annotated[list[str] | None, typer.Argument(help="The command to run, after `--`.")]
+EnvFileOpt = Annotated[Path, typer.Option("--env-file", help="Local .env to copy.")]
 DEFAULT_RUN = "train"
 
 
 @dataclass(frozen=True)
-class Note:
-    """A line of --dry-run output between two scripts (a step that is not a script, such as an SFTP write)."""
+class Overrides:
+    """What the command line asked for: a config file, a target, and settings (`--set`, `--zone`, ...)."""
 
-    text: str
+    config_path: str | None = None
+    target: str | None = None
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+def overrides_of(ctx: typer.Context) -> Overrides:
+    found = ctx.find_root().obj
+    return found if isinstance(found, Overrides) else Overrides()
 
 
 def target_of(ctx: typer.Context) -> Target:
-    overrides = ctx.find_root().obj
-    return load_target(overrides if isinstance(overrides, Overrides) else Overrides())
+    from tpuctl.config import load_target
+
+    overrides = overrides_of(ctx)
+    return load_target(overrides.config_path, overrides.target, overrides.values)
 
 
 def workers_of(ctx: typer.Context, spec: str, require_ready: bool = True) -> tuple[Target, list[Worker]]:
+    from tpuctl.ops.targets import select_workers
+
     target = target_of(ctx)
     return target, select_workers(target, spec, require_ready)
 
@@ -49,21 +63,16 @@ def open_session(target: Target) -> Session:
     return Session(target)
 
 
-def report_errors(outcomes: Sequence[Outcome]) -> bool:
-    """Print each failed worker's error; True when every worker succeeded."""
-    for outcome in outcomes:
-        if not outcome.ok:
-            err_console.print(f"[red]{outcome.worker.label} failed:[/] {shown(outcome.error or '')}")
-    return all(outcome.ok for outcome in outcomes)
+def expected_backend(chosen: str | None, default: str) -> str:
+    """The --expect-backend a command was given, else the target's; one of the backends jax reports."""
+    from tpuctl.config import BACKENDS
+
+    backend = chosen or default
+    if backend not in BACKENDS:
+        raise BadInput(f"bad --expect-backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def fail_unless(ok: bool) -> None:
     if not ok:
         raise typer.Exit(EXIT_FAILED)
-
-
-def print_dry_run(target: Target, scripts: Sequence[tuple[Worker, str | Note]]) -> None:
-    for worker, item in scripts:
-        text = item.text if isinstance(item, Note) else ssh_preview(
-            worker.index, target.user, worker.host, worker.port, item, proxy_for(target, worker))
-        console.out(text, highlight=False)

@@ -9,7 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from tpuctl.commands.common import JsonOpt, target_of
-from tpuctl.config import FIELD_KINDS, env_name
 from tpuctl.console import console
 
 PRECEDENCE = "defaults < tpuctl.toml [targets.NAME] < TPUCTL_<FIELD> environment < flags (--set KEY=VALUE, --hosts, ...)"
@@ -17,8 +16,10 @@ PRECEDENCE = "defaults < tpuctl.toml [targets.NAME] < TPUCTL_<FIELD> environment
 
 def config(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the effective target configuration and where each value came from."""
+    from tpuctl.config import SETTINGS, env_name
+
     target = target_of(ctx)
-    values = {key: getattr(target, key) for key in FIELD_KINDS}
+    values = {key: getattr(target, key) for key in SETTINGS}
     if as_json:
         console.print_json(json.dumps({
             "target": target.alias, "remote_repo": target.remote_repo if target.repo_url or target.repo_path else "",

@@ -7,15 +7,17 @@ command runs.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from tpuctl.commands.common import JsonOpt, target_of
-from tpuctl.config import Target
 from tpuctl.console import TpuctlError, console
+
+if TYPE_CHECKING:
+    from tpuctl.config import Target
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the operation has finished.")]
@@ -62,7 +64,7 @@ def up(ctx: typer.Context, accelerator_type: AcceleratorOpt = None, runtime_vers
 
 def print_workers(target: Target) -> None:
     """The workers as every other command will reach them (this also pins their host keys)."""
-    from tpuctl.workers import resolve_workers
+    from tpuctl.ops.targets import resolve_workers
 
     table = Table("worker", "ssh address", "internal IP", "instance", "host key", title=f"TPU {target.name!r}")
     for worker in resolve_workers(target):
@@ -176,13 +178,13 @@ def add_ssh_key(ctx: typer.Context, timeout: TimeoutOpt = 600.0) -> None:
 
 def forget_keys(ctx: typer.Context) -> None:
     """Drop the host keys pinned for the target's TPU VM; the next command pins what the API publishes."""
-    from tpuctl.gcp.api import require
+    from tpuctl.gcp.api import node_path, require
     from tpuctl.gcp.pins import PinStore
 
     target = target_of(ctx)
     name = require(target, "name", "the TPU VM's name")
-    key = f"projects/{require(target, 'project', 'a Google Cloud project ID')}/locations/" \
-          f"{require(target, 'zone', 'a zone such as us-central2-b')}/nodes/{name}"
+    key = node_path(require(target, "project", "a Google Cloud project ID"),
+                    require(target, "zone", "a zone such as us-central2-b"), name)
     store = PinStore()
     forgotten = store.forget(key)
     console.out(f"{'forgot the' if forgotten else 'no'} host keys pinned for {key} in {store.path}", highlight=False)

@@ -9,9 +9,7 @@ server's RetryInfo delay when it sends one); every other error is raised at once
 from __future__ import annotations
 
 import os
-import random
 import re
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +21,7 @@ from google.protobuf import field_mask_pb2
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError
+from tpuctl.retry import backoff_s, retrying
 
 T = TypeVar("T")
 API_ATTEMPTS = 5
@@ -41,6 +40,11 @@ def require(target: Target, key: str, what: str) -> str:
         raise BadInput(f"{key}: not set; expected {what} (--{'tpu' if key == 'name' else key}, "
                        f"TPUCTL_{key.upper()} or {key} in tpuctl.toml)")
     return value
+
+
+def node_path(project: str, zone: str, name: str) -> str:
+    """A node's resource name: how the API names it, and the key its host-key pins are kept under."""
+    return f"projects/{project}/locations/{zone}/nodes/{name}"
 
 
 def connect(target: Target) -> TpuApi:
@@ -84,7 +88,7 @@ class TpuApi:
         return f"projects/{self.project}/locations/{self.zone}"
 
     def node_path(self, name: str) -> str:
-        return f"{self.parent}/nodes/{name}"
+        return node_path(self.project, self.zone, name)
 
     def queued_path(self, name: str) -> str:
         return f"{self.parent}/queuedResources/{name}"
@@ -93,29 +97,30 @@ class TpuApi:
         return f"TPU {name!r} ({self.project}/{self.zone})"
 
     def call(self, what: str, request: Callable[[], T], missing_ok: bool = False) -> T | None:
-        """Run one request: retry 429/503 with backoff, turn every other failure into a TpuctlError.
+        """Run one request: retry 429/503 as the server says, turn every other failure into a TpuctlError.
 
         With `missing_ok`, a 404 answer is None instead of an error.
         """
         from google.auth.exceptions import GoogleAuthError
         from requests import RequestException
 
-        for attempt in range(1, API_ATTEMPTS + 1):
-            try:
-                return request()
-            except gexc.NotFound as exc:
-                if missing_ok:
-                    return None
-                raise api_error(what, exc, attempt) from None
-            except RETRYABLE as exc:
-                if attempt == API_ATTEMPTS:
-                    raise api_error(what, exc, attempt) from None
-                time.sleep(retry_delay(exc, attempt))
-            except gexc.GoogleAPICallError as exc:
-                raise api_error(what, exc, attempt) from None
-            except (GoogleAuthError, RequestException) as exc:
-                raise _unreachable(what, exc) from None
-        raise AssertionError("the last attempt returns or raises")
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            return request()
+
+        try:
+            return retrying(attempt, lambda exc: isinstance(exc, RETRYABLE), retry_delay, attempts=API_ATTEMPTS)
+        except gexc.NotFound as exc:
+            if missing_ok:
+                return None
+            raise api_error(what, exc, attempts) from None
+        except gexc.GoogleAPICallError as exc:
+            raise api_error(what, exc, attempts) from None
+        except (GoogleAuthError, RequestException) as exc:
+            raise _unreachable(what, exc) from None
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -210,8 +215,7 @@ def retry_delay(exc: gexc.GoogleAPICallError, attempt: int) -> float:
                 return min(float(delay[:-1]), MAX_BACKOFF_S)
             except ValueError:
                 break
-    backoff = min(FIRST_BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S)
-    return backoff * random.uniform(0.8, 1.2)
+    return backoff_s(attempt, FIRST_BACKOFF_S, MAX_BACKOFF_S, jitter=0.2)
 
 
 def api_error(what: str, exc: gexc.GoogleAPICallError, attempts: int) -> TpuctlError:

@@ -18,6 +18,7 @@ from google.cloud import tpu_v2
 from tpuctl.config import Target
 from tpuctl.console import BadInput
 from tpuctl.gcp.api import TpuApi, require
+from tpuctl.pairs import ANY_KEY, parse_pairs
 
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -61,13 +62,8 @@ class NodeRequest:
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise BadInput(f"bad --label {pair!r}: expected KEY=VALUE, e.g. --label team=rl")
-        labels[key] = value
-    return labels
+    """`--label KEY=VALUE` options; the keys and values are checked by check_labels."""
+    return parse_pairs(pairs, "--label", ", e.g. --label team=rl", ANY_KEY)
 
 
 def check_locally(target: Target, request: NodeRequest) -> None:

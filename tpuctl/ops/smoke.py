@@ -1,9 +1,21 @@
-"""The SOP's expected result of a smoke run, checked on one worker's log and exit code."""
+"""Smoke: the SOP's expected result of a smoke run, checked on each worker's log and exit code.
+
+The steps before it (sync, secrets push, verify-env, launch, tail) are the operations of those
+names; `tpuctl smoke` composes them. Here: reading the smoke run's log and exit code from a worker,
+and the checks: the effective config shows the rollout backend, a step line, no traceback, exit 0.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from tpuctl.config import Target
+from tpuctl.ops.tail import locate
+from tpuctl.transport import Outcome, Session
+from tpuctl.workers import Worker
+
+SMOKE_RUN = "smoke"
 
 STEP_LINE = re.compile(r"(?:^|\s)(step=\d+ loss=\S+ entropy=\S+ reward_mean=\S+ dt=[0-9.]+s)")
 # At the start of a line, so an error message quoting the key ("config error: rollout.backend: ...") is no config.
@@ -65,3 +77,22 @@ def exit_detail(log: str, exit_code: int | None, error: str | None) -> str:
         return "still running"
     last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
     return f"exit {exit_code}: {last}" if exit_code != 0 and error is None and last else f"exit {exit_code}"
+
+
+def read_run(session: Session, target: Target, worker: Worker, name: str = SMOKE_RUN) -> tuple[str, int | None]:
+    """The newest run's whole log and its exit code (None: no exit file yet)."""
+    base = locate(session, worker, target.remote_repo, name)
+    sftp = session.sftp(worker)
+    with sftp.open(base + ".log", "rb") as handle:
+        log = handle.read().decode(errors="replace")
+    try:
+        with sftp.open(base + ".exit", "rb") as handle:
+            text = handle.read(32).decode().strip()
+    except FileNotFoundError:
+        return log, None
+    return log, int(text) if text.lstrip("-").isdigit() else None
+
+
+def check_smoke_runs(session: Session, target: Target, workers: list[Worker], backend: str) -> list[Outcome[list[Check]]]:
+    """The SOP's checks on every worker's smoke run."""
+    return session.each(workers, lambda w: check_smoke(*read_run(session, target, w), backend))

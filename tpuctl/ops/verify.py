@@ -1,4 +1,5 @@
-"""`tpuctl verify-env`: one probe per worker (scripts/probe.sh), then the checks across workers and against the pins."""
+"""Verify the environment: one probe per worker (scripts/probe.sh), then the checks across workers
+and against the pinned versions (python, jax, jaxlib, sglang-jax) and the expected jax backend."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tpuctl.config import Target
-from tpuctl.remote.render import render
+from tpuctl.console import TpuctlError
+from tpuctl.ops.common import Step
+from tpuctl.ops.runs import python_env
+from tpuctl.remote.render import RenderedScript, render
+from tpuctl.transport import Outcome, Session
+from tpuctl.workers import Worker
 
 PROBE_MARK = "TPUCTL_PROBE "
+PROBE_TIMEOUT_S = 300.0
 VERSION_KEYS = ("python", "jax", "jaxlib", "libtpu", "sglang-jax")
 
 
-def probe_script(target: Target) -> str:
-    return render("probe", venv=target.venv, conda_env=target.conda_env)
+def probe_script(target: Target) -> RenderedScript:
+    return render("probe", **python_env(target))
+
+
+def verify_plan(target: Target, workers: list[Worker]) -> list[Step]:
+    return [(worker, probe_script(target)) for worker in workers]
 
 
 def parse_probe(text: str) -> dict[str, object]:
@@ -66,3 +77,29 @@ def _disagreements(infos: Mapping[int, Mapping[str, object]], keys: Sequence[str
             parts = ", ".join(f"{value} (workers {', '.join(map(str, idx))})" for value, idx in by_value.items())
             problems.append(f"workers disagree on {key}: {parts}")
     return problems
+
+
+def probe(session: Session, target: Target, worker: Worker) -> dict[str, object]:
+    result = session.exec(worker, probe_script(target), "the environment probe", timeout=PROBE_TIMEOUT_S)
+    try:
+        return parse_probe(result.out)
+    except ValueError:
+        raise TpuctlError(f"worker {worker.index}: the environment probe printed no result: {result.failure}") from None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    expect_backend: str
+    pins: Mapping[str, str]
+    outcomes: list[Outcome[dict[str, object]]]
+    env: EnvReport  # the checks over the workers that answered
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes) and self.env.ok
+
+
+def verify(session: Session, target: Target, workers: list[Worker], expect_backend: str) -> VerifyReport:
+    outcomes = session.each(workers, lambda w: probe(session, target, w))
+    env = check_envs({o.worker.index: o.value for o in outcomes if o.ok}, expect_backend, target.expect_versions)
+    return VerifyReport(expect_backend, dict(target.expect_versions), outcomes, env)

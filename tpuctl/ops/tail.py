@@ -1,4 +1,4 @@
-"""`tpuctl tail`: read a run's log by byte offset over SFTP.
+"""Tail: read a run's log on each worker by byte offset over SFTP, and follow it until the run ends.
 
 The offset of the last byte shown is kept on this side, so when the connection drops (sshd
 restart, network blip, a worker that stops answering and times out, preemption of a proxy) the
@@ -12,15 +12,18 @@ rebooted) is reported as vanished instead of being waited for forever.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paramiko
 
-from tpuctl.console import TpuctlError, err_console
-from tpuctl.remote.git import parse_fields
-from tpuctl.remote.render import render
+from tpuctl.config import Target
+from tpuctl.console import EXIT_FAILED, TpuctlError
+from tpuctl.pairs import fields
+from tpuctl.remote.render import RenderedScript, render
+from tpuctl.retry import backoff_s, retrying
 from tpuctl.transport import ConnectError, Session
 from tpuctl.workers import Worker
 
@@ -33,24 +36,26 @@ class RunVanished(TpuctlError):
     """The run has no process left and no exit file: it will never end by itself."""
 
 
-def locate_script(repo: str, name: str) -> str:
+def locate_script(repo: str, name: str) -> RenderedScript:
     """Resolve NAME_latest to the run's own files, so a newer launch does not switch streams."""
     return render("locate", repo=repo, name=name)
 
 
-def run_state_script(base: str) -> str:
+def run_state_script(base: str) -> RenderedScript:
     return render("run_state", base=base)
 
 
 @dataclass
 class LogFollower:
-    """Follows one worker's log file; `emit` receives each complete line (without newline)."""
+    """Follows one worker's log file; `emit` receives each complete line (without newline), `notice` each
+    dropped connection it reconnects from."""
 
     session: Session
     worker: Worker
     base: str
     emit: Callable[[str], None]
     name: str = ""
+    notice: Callable[[str], None] = lambda text: None
     offset: int = 0
     pending: bytes = b""
     reconnect_timeout_s: float = 300.0
@@ -114,9 +119,9 @@ class LogFollower:
         if time.monotonic() - self._checked_at < self.liveness_interval_s:
             return
         self._checked_at = time.monotonic()
-        state = parse_fields(self.session.exec(self.worker, run_state_script(self.base), "checking the run").out)
+        state = fields(self.session.exec(self.worker, run_state_script(self.base), "checking the run").out)
         if state.get("state") == "vanished" and self.exit_code() is None:
-            raise RunVanished(f"worker {self.worker.index} ({self.worker.address}): run {self.name!r} vanished: no "
+            raise RunVanished(f"{self.worker}: run {self.name!r} vanished: no "
                               "process left and no exit file (killed with its runner, or the host rebooted or was "
                               "preempted); see tpuctl status")
 
@@ -129,21 +134,18 @@ class LogFollower:
 
     def _guarded(self, action: Callable[[], object]):
         """Run `action`, reconnecting with backoff while the worker is unreachable (never on a bad host key)."""
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        delay = 0.25
-        while True:
-            try:
-                return action()
-            except (*_DROPPED, ConnectError) as exc:
-                if self._sftp is not None:
-                    err_console.print(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting",
-                                      highlight=False, markup=False)
-                self._reset()
-                if time.monotonic() > deadline:
-                    raise TpuctlError(f"worker {self.worker.index} ({self.worker.address}): lost the connection "
-                                      f"and could not reconnect within {self.reconnect_timeout_s:.0f} s: {exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            return retrying(action, lambda exc: isinstance(exc, (*_DROPPED, ConnectError)),
+                            lambda exc, attempt: backoff_s(attempt, 0.25, 5.0), deadline_s=self.reconnect_timeout_s,
+                            on_failure=self._lost)
+        except (*_DROPPED, ConnectError) as exc:
+            raise TpuctlError(f"{self.worker}: lost the connection and could not reconnect within "
+                              f"{self.reconnect_timeout_s:.0f} s: {exc}") from None
+
+    def _lost(self, exc: Exception) -> None:
+        if self._sftp is not None:
+            self.notice(f"{self.worker.label}: connection lost ({type(exc).__name__}); reconnecting")
+        self._reset()
 
     def _emit_lines(self, data: bytes) -> None:
         lines = (self.pending + data).split(b"\n")
@@ -183,7 +185,56 @@ class LogFollower:
 
 def locate(session: Session, worker: Worker, repo: str, name: str) -> str:
     """The base path (`/abs/logs/NAME_STAMP`) of the newest run named `name` on `worker`."""
-    found = parse_fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
+    found = fields(session.exec(worker, locate_script(repo, name), "finding the run").out)
     if "missing" in found:
         raise TpuctlError(f"worker {worker.index}: no run named {name!r} ({found['missing']})")
     return found["base"]
+
+
+@dataclass
+class Followed:
+    """Each worker's run exit code (None: still running) and the errors that stopped following."""
+
+    codes: dict[int, int | None] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """The run's own exit code: the first non-zero one across workers, EXIT_FAILED if tail itself failed."""
+        if self.errors:
+            return EXIT_FAILED
+        failed = [code for code in self.codes.values() if code]
+        return failed[0] if failed else 0
+
+
+def follow_logs(session: Session, target: Target, workers: list[Worker], name: str, emit: Callable[[Worker, str], None],
+                notice: Callable[[str], None], lines: int = 40, follow: bool = False, until_exit: bool = False,
+                from_start: bool = False) -> Followed:
+    """Emit the last `lines` lines (or, `from_start`, the whole log) of each worker's run, then follow them
+    all at once while `follow`, or until the run ends with `until_exit`."""
+    result = Followed()
+    located = session.each(workers, lambda w: locate(session, w, target.remote_repo, name))
+    result.errors.extend(o.error for o in located if not o.ok)
+    followers = [LogFollower(session, o.worker, o.value, emit=lambda line, w=o.worker: emit(w, line), name=name,
+                             notice=notice) for o in located if o.ok]
+    if not from_start:
+        for follower in followers:
+            follower.last_lines(lines)
+    if follow or until_exit:
+        _follow_all(followers, until_exit, result)
+    return result
+
+
+def _follow_all(followers: list[LogFollower], until_exit: bool, result: Followed) -> None:
+    def run(follower: LogFollower) -> None:
+        try:
+            result.codes[follower.worker.index] = follower.follow(until_exit)
+        except TpuctlError as exc:
+            result.errors.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=(f,), daemon=True) for f in followers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # short joins keep Ctrl-C responsive
+            thread.join(0.2)

@@ -1,0 +1,211 @@
+"""How the reports of operations look on the terminal: one function per report, shared by the command
+of that name and by `smoke`, which shows the same steps. Each returns whether the report is a success,
+for the command's exit code.
+
+Everything a worker said (paths, log lines, errors) goes through `printable` or `shown`: no rich markup
+or terminal escape from a worker reaches the terminal as such.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from tpuctl.console import BadInput, console, err_console, printable, shown
+
+if TYPE_CHECKING:
+    from tpuctl.config import Target
+    from tpuctl.envfile import EnvFile
+    from tpuctl.ops.common import Preflight, Step
+    from tpuctl.ops.launch import LaunchReport
+    from tpuctl.ops.secrets import Pushed
+    from tpuctl.ops.status import StatusReport
+    from tpuctl.ops.stop import StopReport
+    from tpuctl.ops.sync import SyncReport
+    from tpuctl.ops.tail import Followed
+    from tpuctl.ops.trust import SeenKey
+    from tpuctl.ops.verify import VerifyReport
+    from tpuctl.transport import Outcome
+    from tpuctl.workers import Worker
+
+STEP_FIELDS = ("step", "loss", "entropy", "reward_mean", "dt")
+
+
+def report_errors(outcomes: Sequence[Outcome]) -> bool:
+    """Print each failed worker's error; True when every worker succeeded."""
+    for outcome in outcomes:
+        if not outcome.ok:
+            err_console.print(f"[red]{outcome.worker.label} failed:[/] {shown(outcome.error or '')}")
+    return all(outcome.ok for outcome in outcomes)
+
+
+def print_dry_run(target: Target, steps: Sequence[Step]) -> None:
+    """Each step: a script as the ssh command that would feed it to `bash -s`, or a note."""
+    from tpuctl.ops.common import Note
+    from tpuctl.remote.render import ssh_preview
+    from tpuctl.workers import proxy_for
+
+    for worker, step in steps:
+        text = step.text if isinstance(step, Note) else ssh_preview(
+            worker.index, target.user, worker.host, worker.port, step, proxy_for(target, worker))
+        console.out(text, highlight=False)
+
+
+def show_preflight(preflight: Preflight, operation: str, unchanged: str = "") -> bool:
+    """Unreachable workers (False), then warnings; problems refuse the operation: BadInput, exit 2."""
+    if not report_errors(preflight.outcomes):
+        return False
+    for worker, line in preflight.warnings:
+        console.print(f"[yellow]{worker.label} warning:[/] {shown(line)}", highlight=False)
+    if preflight.problems:
+        raise BadInput(f"{operation} refused: " + "; ".join(preflight.problems) + unchanged)
+    return True
+
+
+def show_sync(report: SyncReport, target: Target) -> bool:
+    if not show_preflight(report.preflight, "sync", " (nothing was changed)"):
+        return False
+    for outcome in report.outcomes:
+        if outcome.ok:
+            synced = outcome.value
+            notes = [f"local changes stashed as {synced.stashed}: git stash list"] if synced.stashed else []
+            notes += [f"worker-only commits kept as {backup}" for backup in synced.backups]
+            console.out(printable(f"{outcome.worker.label} {outcome.worker.address}  {synced.short_head}  {synced.status}"
+                                  + "".join(f"  ({note})" for note in notes)), highlight=False)
+    ok = report_errors(report.outcomes)
+    if len(report.heads) > 1:
+        console.print(f"[red]workers differ:[/] {shown(', '.join(sorted(h[:7] for h in report.heads)))}")
+        return False
+    if ok:
+        head = next(iter(report.heads))
+        console.print(f"[green]{len(report.outcomes)} worker(s) at {shown(head[:7])}[/] ({shown(target.branch)})")
+    return ok
+
+
+def show_push(outcomes: Sequence[Outcome[Pushed]], env: EnvFile) -> bool:
+    for outcome in outcomes:
+        if outcome.ok:
+            kept = f"  (previous file kept as {outcome.value.previous})" if outcome.value.previous else ""
+            console.out(printable(f"{outcome.worker.label} {outcome.worker.address}  {outcome.value.path}  "
+                                  f"mode 600, sha256 verified{kept}"), highlight=False)
+    ok = report_errors(outcomes)
+    if ok:
+        console.out(f"pushed {len(env.keys)} variable(s): {', '.join(env.keys)}", highlight=False)
+    return ok
+
+
+def show_verify(report: VerifyReport, as_json: bool = False) -> bool:
+    if as_json:
+        console.print_json(json.dumps({
+            "ok": report.ok, "expect_backend": report.expect_backend, "pins": dict(report.pins),
+            "workers": [{"worker": o.worker.index, "address": o.worker.address, "info": o.value, "error": o.error}
+                        for o in report.outcomes],
+            "problems": report.env.problems}))
+        return report.ok
+    reached = report_errors(report.outcomes)
+    _print_versions([o.worker for o in report.outcomes], report)
+    return reached and report.env.ok
+
+
+def _print_versions(workers: list[Worker], report: VerifyReport) -> None:
+    from tpuctl.ops.verify import VERSION_KEYS
+
+    table = Table("worker", *VERSION_KEYS, "backend", "devices (local/global)", "kind")
+    for worker in workers:
+        info = report.env.infos.get(worker.index)
+        if info is None:
+            table.add_row(worker.label, *["-"] * (len(VERSION_KEYS) + 3))
+            continue
+        devices = f"{info.get('local_device_count', '-')}/{info.get('device_count', '-')}"
+        table.add_row(worker.label, *(shown(str(info.get(k) or "-")) for k in VERSION_KEYS),
+                      shown(str(info.get("backend", "-"))), shown(devices), shown(str(info.get("device_kind", "-"))))
+    console.print(table)
+    for problem in report.env.problems:
+        console.print(f"[red]x[/] {shown(problem)}", highlight=False)
+    if report.env.ok:
+        console.print("[green]environment ok[/]")
+
+
+def show_launch(report: LaunchReport) -> bool:
+    if not show_preflight(report.preflight, "launch"):
+        return False
+    if report.refused_first:
+        raise BadInput(f"launch refused: {report.refused_first}")
+    for outcome in report.starts:
+        if outcome.ok and not outcome.value.refused:
+            console.out(printable(f"{outcome.worker.label} {outcome.worker.address}  started pid {outcome.value.pid}  "
+                                  f"log {outcome.value.log}"), highlight=False)
+    for line in report.refused:
+        err_console.print(f"[red]refused:[/] {shown(line)}")
+    return report_errors(report.starts) and not report.refused
+
+
+def show_status(report: StatusReport, as_json: bool = False) -> bool:
+    preempted = report.preempted
+    if as_json:
+        console.print_json(json.dumps([{"worker": o.worker.index, "address": o.worker.address,
+                                        **(o.value.as_json() if o.ok else {"state": "unreachable", "error": o.error}),
+                                        **({"state": "preempted"} if o.worker.index in preempted else {})}
+                                       for o in report.outcomes]))
+        return report.ok
+    table = Table("worker", "address", "state", *STEP_FIELDS[:-1], "dt (s)", "log")
+    for o in report.outcomes:
+        step = o.value.step if o.ok else {}
+        state = ("[yellow]preempted[/]" if o.worker.index in preempted else
+                 shown(o.value.label) if o.ok else "[red]unreachable[/]")
+        table.add_row(o.worker.label, o.worker.address, state, *(shown(step.get(k, "")) for k in STEP_FIELDS),
+                      shown(o.value.log) if o.ok else "")
+    console.print(table)
+    return report_errors([o for o in report.outcomes if o.worker.index not in preempted])
+
+
+STOP_WORDS = {"TERM": "stopped (TERM)", "none": "was not running",
+              "unverified": "NOT signalled: its lock is held, but no process could be verified as the run "
+                            "(pid file or identity changed); check the worker with ps"}
+
+
+def show_stop(report: StopReport, name: str) -> bool:
+    words = {**STOP_WORDS, "KILL": f"killed (KILL after {report.grace_s:g} s)"}
+    for o in report.outcomes:
+        if o.ok:
+            what = words.get(o.value.signal, o.value.signal) if o.value.signal else f"no run named {name!r}"
+            console.out(printable(f"{o.worker.label} {o.worker.address}  {what}; lock file {o.value.lock}"),
+                        highlight=False)
+    return report_errors(report.outcomes) and report.ok
+
+
+def show_keys(outcomes: Sequence[Outcome[SeenKey]]) -> bool:
+    """Each worker's host key next to what is pinned for it: pinned, CHANGED or not pinned."""
+    for o in outcomes:
+        if o.ok:
+            verdict = ("pinned" if o.value.fingerprint in o.value.pinned else
+                       f"[red]CHANGED[/] (pinned {', '.join(o.value.pinned)})" if o.value.pinned else "[yellow]not pinned[/]")
+            console.print(f"{o.worker.label} {o.worker.address}  {o.value.kind} {o.value.fingerprint}  {verdict}",
+                          highlight=False)
+    return report_errors(outcomes)
+
+
+class LogLines:
+    """Prints the lines of one or more workers' logs as they come, each whole; `[wN]` labels with several."""
+
+    def __init__(self, labelled: bool):
+        self.labelled = labelled
+        self._lock = threading.Lock()
+
+    def emit(self, worker: Worker, line: str) -> None:
+        with self._lock:
+            console.out(f"[{worker.label}] {printable(line)}" if self.labelled else printable(line), highlight=False)
+
+    @staticmethod
+    def notice(text: str) -> None:
+        err_console.print(text, highlight=False, markup=False)
+
+
+def show_followed(followed: Followed) -> bool:
+    for error in followed.errors:
+        err_console.print(f"[red]error:[/] {shown(error)}")
+    return not followed.errors

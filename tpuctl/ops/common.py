@@ -1,0 +1,56 @@
+"""What operations share: a dry-run plan's steps, and the read-only preflight that may refuse an operation.
+
+A preflight script prints `problem=...` lines for anything that must stop the operation before it
+changes a worker, and `warning=...` lines for what the user should know. It runs on every worker
+first; only when it passes everywhere does the operation change anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tpuctl.pairs import values_of
+from tpuctl.remote.render import RenderedScript
+from tpuctl.transport import Outcome, Session
+from tpuctl.workers import Worker
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line of --dry-run output between two scripts (a step that is not a script, such as an SFTP write)."""
+
+    text: str
+
+
+Step = tuple[Worker, RenderedScript | Note]  # one step of a dry-run plan: what runs on which worker
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Every worker's answer to a read-only check: the lines it printed, or the error that stopped it."""
+
+    outcomes: list[Outcome[str]]
+
+    @property
+    def reached(self) -> bool:
+        """Every worker answered."""
+        return all(outcome.ok for outcome in self.outcomes)
+
+    @property
+    def problems(self) -> list[str]:
+        """`worker N: <problem>` for each problem line, in worker order."""
+        return [f"worker {o.worker.index}: {line}" for o in self.outcomes if o.ok for line in values_of(o.value, "problem")]
+
+    @property
+    def warnings(self) -> list[tuple[Worker, str]]:
+        return [(o.worker, line) for o in self.outcomes if o.ok for line in values_of(o.value, "warning")]
+
+    @property
+    def passed(self) -> bool:
+        return self.reached and not self.problems
+
+
+def preflight(session: Session, workers: list[Worker], script: Callable[[Worker], RenderedScript], what: str) -> Preflight:
+    """Run the read-only `script` on every worker at once."""
+    return Preflight(session.each(workers, lambda w: session.exec(w, script(w), what).out))
