@@ -85,6 +85,7 @@ class Summary:
     lost_s: list[float] = field(default_factory=list)  # per recovered preemption: seen preempted -> launched
     result: str = ""  # "" while babysit has not ended
     exit_code: int | None = None
+    finished: str = ""
 
     @property
     def restarts(self) -> int:
@@ -109,5 +110,5 @@ def summarize(events: list[dict[str, Any]]) -> Summary:
                 summary.lost_s.append((parse_time(event["time"]) - lost_since).total_seconds())
                 lost_since = None
         elif kind == "done":
-            summary.result, summary.exit_code = event.get("result", ""), event.get("exit_code")
+            summary.result, summary.exit_code, summary.finished = event.get("result", ""), event.get("exit_code"), event["time"]
     return summary

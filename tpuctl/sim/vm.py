@@ -8,7 +8,8 @@
 - the repository the VM syncs from is a local bare git origin;
 - with `conda_envs`, each worker has the conda stand-in of tpuctl.sim.conda, as the SOP's VM has
   conda (env `mllm-jax`);
-- `spot=True` makes it a spot VM: the API's `preempt(name)` stops its workers, and a node created
+- `spot=True` makes it a spot VM: the API's `preempt(name)` powers its workers off (their sshd and
+  every process started through them), and a node created
   again through the API (same name) gets new workers at the same addresses with new host keys and
   empty home folders, as a recreated VM has a fresh boot disk. Paths outside the homes (the Python
   environment the target names, a model folder) stand in for what the VM image provides.
@@ -75,7 +76,7 @@ class SimTpuVm:
 
     def _stop_workers(self, name: str = "") -> None:
         for worker in self.sshd:
-            worker.stop()
+            worker.power_off()
         self.sshd.clear()
 
     def _provision(self, name: str, accelerator_type: str) -> list[SimEndpoint]:
