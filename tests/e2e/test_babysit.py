@@ -142,8 +142,10 @@ def test_a_restarted_babysit_watches_the_run_it_started_and_starts_no_second_one
         babysit.send_signal(signal.SIGKILL)
         babysit.wait()
     again = start_babysit(sim_spot, "--name", "once", "--", "sleep", "8")
+    sim_spot.vm.api.fail(500, "GET", f"nodes/{sim_spot.vm.name}", times=2)  # the API fails two turns: not fatal
     code, out, err = finish(again)
     assert code == 0, out + err
+    assert [e["attempt"] for e in events(sim_spot, "once") if e["event"] == "error"] == [1, 2]
     assert [e["event"] for e in events(sim_spot, "once")].count("launched") == 1
     assert actions(sim_spot, "once") == ["launch", "succeed"]
     assert len(list(sim_spot.vm.remote(0, "~/repo/logs").glob("once_*.log"))) == 2  # the run and its latest link

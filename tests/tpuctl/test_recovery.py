@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tpuctl.ops import events
+from tpuctl.ops.babysit import checkpoint_problem
 from tpuctl.ops.recovery import Action, History, Limits, Observation, decide
 
 LIMITS = Limits(max_preemptions=2, max_failures=0)
@@ -97,3 +98,26 @@ def test_the_summary_counts_restarts_and_the_time_each_preemption_cost():
     assert (summary.launches, summary.restarts, summary.preemptions, summary.failures) == (4, 3, 2, 1)
     assert summary.lost_s == [15.0, 7.0]
     assert (summary.result, summary.exit_code, summary.command) == ("succeed", 0, ["x"])
+
+
+@pytest.mark.parametrize("command", [
+    ["python", "-m", "trainer", "--set", "checkpoint.dir=gs://bucket/run1"],
+    ["trainer", "--preset", "smoke", "--set=checkpoint.dir=gs://bucket/run1"],
+    ["WANDB_MODE=online", "/root/venv/bin/trainer", "--set", "checkpoint.dir=/tmp/x", "--set", "checkpoint.dir=gs://b/r"],
+    ["bash", "train.sh"],  # not the trainer: its storage is its own business
+])
+def test_a_durable_checkpoint_dir_or_another_program_is_accepted(command):
+    assert checkpoint_problem(command) is None
+
+
+@pytest.mark.parametrize("command, received", [
+    (["python", "-m", "trainer", "--preset", "smoke"], "nothing (the default, <out_dir>/checkpoints on the VM's disk)"),
+    (["trainer", "--set", "checkpoint.dir=/root/ckpt"], "'/root/ckpt'"),
+    (["STEPS=9", "python3", "-m", "trainer", "--set", "checkpoint.dir=gs://b/r", "--set", "checkpoint.dir=runs/c"],
+     "'runs/c'"),  # the last --set wins, as in the trainer
+    (["trainer", "--set", "checkpoint.dir=gs://"], "'gs://'"),
+])
+def test_a_trainer_checkpointing_to_the_vms_disk_is_refused_naming_the_setting(command, received):
+    problem = checkpoint_problem(command)
+    assert problem == (f"checkpoint.dir: expected a gs:// bucket that outlives the VM (a recreated VM has a fresh disk), "
+                       f"received {received}: add --set checkpoint.dir=gs://BUCKET/PATH to the command")

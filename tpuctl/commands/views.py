@@ -271,7 +271,7 @@ def show_babysit_event(event: dict[str, Any]) -> None:
                          for state, code in zip(event["runs"], event["exit_codes"], strict=True))
         queued = f", queued resource {event['queued']}" if event["queued"] else ""
         text = f"node {event['node']}{queued}" + (f"; run: {runs}" if runs else "") + (
-            f"; step {event['step']}" if event.get("step") else "")
+            f"; step {event['step']}" if event.get("step") else "") + "".join(f"; {e}" for e in event.get("errors", []))
     elif kind == "action":
         text = f"{event['action']}: {event['reason']}"
     elif kind == "launched":

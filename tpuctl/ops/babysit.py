@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tpuctl.config import Target
-from tpuctl.console import BadInput
+from tpuctl.console import BadInput, TpuctlError
+from tpuctl.gcp.pins import HostKeyChanged
 from tpuctl.gcp.spec import NodeRequest
 from tpuctl.ops import events
 from tpuctl.ops.recovery import ABSENT, Action, Decision, Limits, Observation, decide
@@ -32,7 +33,10 @@ from tpuctl.pairs import leading_assignments
 from tpuctl.transport import Session
 from tpuctl.workers import Worker
 
-MAX_PREPARE_FAILURES = 3  # a READY node that cannot be prepared this many turns in a row: give up
+# A READY node that cannot be prepared this many turns in a row ends babysit (a new VM's sshd may take a
+# minute or two after READY: the turns in between fail to connect).
+MAX_PREPARE_FAILURES = 5
+MAX_TURN_ERRORS = 20  # turns in a row whose observation failed (API or SSH errors) before babysit ends
 STOP_GRACE_S = 30.0
 TRAINER_MODULES = ("trainer", "trainer.cli")
 
@@ -102,6 +106,7 @@ class Seen:
     observation: Observation
     workers: list[Worker] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # each worker's run log (a path on the worker), "" for none
+    errors: list[str] = field(default_factory=list)  # why workers did not answer ("worker N: ...")
 
 
 class Babysitter:
@@ -115,6 +120,7 @@ class Babysitter:
         self.prepare_failures = 0
         self.last_step = ""  # the step number of the run's last step line on worker 0, for display
         self.failure_tail: list[str] = []  # the end of the failed run's log, for display (not in the events)
+        self.last_observed: dict[str, Any] | None = None  # what the last `observed` event said
 
     def record(self, event: str, **fields: Any) -> None:
         self.show(events.append(self.path, event, **fields))
@@ -140,56 +146,79 @@ class Babysitter:
         return spec_of(goal["node"], self.target.name)
 
     def run(self) -> int:
-        """Turns until the goal is reached or given up; returns babysit's exit code."""
-        last_observed: dict[str, Any] | None = None
+        """Turns until the goal is reached or given up; returns babysit's exit code.
+
+        An error of one turn (the API unavailable, a node preempted between two reads, a recreate refused)
+        is recorded and the next turn looks again; MAX_TURN_ERRORS in a row end babysit. A changed host key
+        or refused input is never retried.
+        """
+        errors = 0
         while True:
-            seen = self.observe()
-            history = events.history(events.read(self.path))
-            decision = decide(seen.observation, history, self.goal.limits)
-            observed = observation_record(seen.observation)
-            if observed != last_observed:
-                self.record("observed", **observed, step=self.last_step)
-                last_observed = observed
-            code = self.act(decision, seen)
+            try:
+                code = self.turn()
+                errors = 0
+            except (BadInput, HostKeyChanged):
+                raise
+            except TpuctlError as exc:
+                errors += 1
+                self.record("error", error=str(exc), attempt=errors)
+                if errors >= MAX_TURN_ERRORS:
+                    self.record("done", result="fail", exit_code=1, step=self.last_step)
+                    return 1
+                time.sleep(self.goal.poll_s)
+                continue
             if code is not None:
                 return code
 
+    def turn(self) -> int | None:
+        """Observe, decide, act: the exit code once babysit is done, else None."""
+        seen = self.observe()
+        decision = decide(seen.observation, events.history(events.read(self.path)), self.goal.limits)
+        observed = {**observation_record(seen.observation), "errors": seen.errors}
+        if observed != self.last_observed:
+            self.record("observed", **observed, step=self.last_step)
+            self.last_observed = observed
+        return self.act(decision, seen)
+
     def observe(self) -> Seen:
+        """The node through the TPU API and, on a READY node, the run on every worker."""
         from tpuctl.gcp.api import connect
-        from tpuctl.gcp.discovery import discover_workers
-        from tpuctl.ops.status import statuses
 
         api = connect(self.target)
-        name = self.target.name
-        node = api.find_node(name)
-        queued_name = (node.queued_resource.rsplit("/", 1)[-1] if node is not None and node.queued_resource
-                       else name if self.spec().queued else "")
+        node = api.find_node(self.target.name)
+        owner = node.queued_resource.rsplit("/", 1)[-1] if node is not None and node.queued_resource else ""
+        queued_name = owner or (self.target.name if self.spec().queued else "")
         resource = api.find_queued(queued_name) if queued_name else None
         queued = resource.state.state.name if resource is not None else ""
         if node is None:
             return Seen(Observation(ABSENT, self.last_node_id(), queued))
         if node.state.name != "READY":
             return Seen(Observation(node.state.name, str(node.id), queued))
-        workers = discover_workers(self.target)
+        return self.observe_run(str(node.id), queued)
+
+    def observe_run(self, node_id: str, queued: str) -> Seen:
+        """Each worker's run of the goal's name: `none` unless it is one this babysit launched."""
+        from tpuctl.gcp.discovery import discover_workers
+        from tpuctl.ops.status import statuses
+
+        workers = discover_workers(self.target)  # re-pins the host keys of a recreated node (a new node id)
         ours = self.launched()
         with Session(self.target) as session:
             report = statuses(session, self.target, workers, self.goal.name)
         runs, codes, logs, run_id = [], [], [], ""
         for outcome in report.outcomes:
-            logs.append(outcome.value.log if outcome.ok else "")
-            if not outcome.ok:
-                runs.append("unreachable")
-                codes.append(None)
-                continue
-            base = Path(outcome.value.log).name.removesuffix(".log") if outcome.value.log else ""
-            mine = outcome.value.state != "none" and base in ours
-            runs.append(outcome.value.state if mine else "none")
-            codes.append(outcome.value.exit_code if mine else None)
+            status = outcome.value if outcome.ok else None
+            base = Path(status.log).name.removesuffix(".log") if status is not None and status.log else ""
+            mine = status is not None and status.state != "none" and base in ours
+            runs.append("unreachable" if status is None else status.state if mine else "none")
+            codes.append(status.exit_code if mine and status is not None else None)
+            logs.append(status.log if status is not None else "")
             run_id = run_id or (base if mine else "")
         first = report.outcomes[0].value if report.outcomes and report.outcomes[0].ok else None
         if first is not None and first.step:
             self.last_step = first.step.get("step", self.last_step)
-        return Seen(Observation("READY", str(node.id), queued, tuple(runs), tuple(codes), run_id), workers, logs)
+        errors = [f"{o.worker}: {o.error}" for o in report.outcomes if not o.ok]
+        return Seen(Observation("READY", node_id, queued, tuple(runs), tuple(codes), run_id), workers, logs, errors)
 
     def last_node_id(self) -> str:
         ids = [e.get("node_id", "") for e in events.read(self.path) if e["event"] == "observed"]

@@ -3,11 +3,15 @@
 Every line has `time` (UTC, ISO 8601 with microseconds) and `event`:
 - `goal`: babysit began watching: `command` (the argv), `node` (the spec it recreates: accelerator_type,
   runtime_version, spot, preemptible, queued, labels, ssh_keys), `max_preemptions`, `max_failures`;
+- `resumed`: a babysit started again on the same goal;
 - `observed`: what a turn saw, written when it differs from the last one: `node`, `node_id`, `queued`,
-  `runs`, `exit_codes`, `run_id`;
+  `runs`, `exit_codes`, `run_id`, `errors` (why workers did not answer), and `step` (the run's last step);
 - `action`: what a turn did: `action` (tpuctl.ops.recovery.Action), `reason`, and the ids it counts
   (`preempted_node`, `failed_run`);
-- `launched`: a run started: `run_id`;
+- `launched`: a run is being started: `run_id` (written before the launch, so a babysit killed during it
+  still knows the run as its own);
+- `prepare-failed`: a step before a launch failed (`step`, `attempt`); `error`: a turn failed (`error`,
+  `attempt`); the next turn looks again;
 - `done`: babysit ended: `result` (succeed | fail | give-up), `exit_code`.
 
 The file is the babysit's memory: `history` gives back what the reconcile step counted, and `summarize`
