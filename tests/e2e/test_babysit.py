@@ -80,6 +80,7 @@ def test_a_preempted_run_is_recreated_and_resumes_from_its_bucket_checkpoint(sim
     steps = [int(line.split()[0][5:]) for line in log.splitlines() if line.startswith("step=")]
     assert steps == list(range(checkpoint, 8))
     assert vm.remote(0, "~/repo/logs/long_latest.exit").read_text() == "0\n"
+    assert "WANDB_API_KEY=" in vm.remote(0, "~/.env").read_text()  # the secrets were pushed to the new VM
 
     recorded = events(sim_spot, "long")
     assert actions(sim_spot, "long") == ["launch", "recreate", "launch", "succeed"]
