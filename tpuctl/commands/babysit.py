@@ -42,7 +42,7 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
     path = events.events_path(name)
     goal = Goal(name, list(command), Limits(max_preemptions, max_failures), env_file, poll)
     sitter = Babysitter(target, goal, path, show_babysit_event)
-    sitter.begin(node_spec(connect(target), target, target.name) if not events.read(path) else sitter.spec())
+    sitter.begin(node_spec(connect(target), target.name) if not events.read(path) else sitter.spec())
     code = sitter.run()
     show_babysit_summary(events.summarize(events.read(path)), sitter.last_step, sitter.failure_tail)
     raise typer.Exit(code)

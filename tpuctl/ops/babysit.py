@@ -38,7 +38,6 @@ from tpuctl.workers import Worker
 MAX_PREPARE_FAILURES = 5
 MAX_TURN_ERRORS = 20  # turns in a row whose observation failed (API or SSH errors) before babysit ends
 STOP_GRACE_S = 30.0
-TRAINER_MODULES = ("trainer", "trainer.cli")
 
 
 def checkpoint_problem(command: Sequence[str]) -> str | None:
@@ -60,7 +59,7 @@ def checkpoint_problem(command: Sequence[str]) -> str | None:
             f"received {shown}: add --set checkpoint.dir=gs://BUCKET/PATH to the command")
 
 
-def node_spec(api: Any, target: Target, name: str) -> NodeRequest:
+def node_spec(api: Any, name: str) -> NodeRequest:
     """What to create again after a preemption: the live node's spec (and its queued resource's)."""
     node = api.get_node(name)
     queued = node.queued_resource.rsplit("/", 1)[-1] if node.queued_resource else ""
