@@ -37,3 +37,19 @@ def origin(tmp_path) -> Path:
     """A bare git repository holding a small project (with tests/tpuctl/payload/fake_trainer.sh), as the
     training repo's origin."""
     return make_origin(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local GCS emulator (tpuctl.sim.gcs) for the session; its `env` points a process's GCS clients at it."""
+    from tpuctl.sim.gcs import GcsEmulator
+
+    with GcsEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request) -> str:
+    """A gs:// folder of its own for each test, in a bucket emptied first."""
+    gcs_emulator.wipe()
+    return f"gs://{gcs_emulator.bucket}/{request.node.name}"

@@ -15,7 +15,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from tpuctl import __version__
-from tpuctl.commands import config_cmd, report, runs, secrets, smoke, sync, tail, tpu, trust, verify
+from tpuctl.commands import babysit, config_cmd, doctor, report, runs, secrets, setup, smoke, sync, tail, tpu, trust, verify
 from tpuctl.commands.common import Overrides
 from tpuctl.console import EXIT_BAD_INPUT, BadInput, TpuctlError, abort, console
 from tpuctl.pairs import parse_pairs
@@ -86,7 +86,7 @@ def root(
     ctx.obj = Overrides(config_path=config, target=target, values=values)
 
 
-for module in (config_cmd, trust, sync, secrets, verify, runs, tail, report, smoke, tpu):
+for module in (config_cmd, trust, sync, secrets, setup, verify, runs, tail, report, smoke, babysit, doctor, tpu):
     module.register(app)
 
 

@@ -57,6 +57,8 @@ _CONDA_ENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|(?:/|~/)[^\x00-\x1f\
 _REPO_URL = re.compile(r"(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f]+"
                        r"|(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*:(?!:)[^\s\x00-\x1f\x7f]+"
                        r"|/[^\x00-\x1f\x7f]*)")
+_EXTRA = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+_PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 BACKENDS = ("tpu", "cpu", "gpu")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -113,6 +115,9 @@ class Target:
     env_file: str = "~/.env"
     conda_env: str = ""
     venv: str = ""
+    # What `tpuctl setup` installs: the project with this extra of pyproject.toml, into a venv with this Python.
+    setup_extra: str = "tpu"
+    python_version: str = "3.12"
     coordinator_port: int = 8476
     # Seconds an SSH connection may stay silent before it counts as dropped (keepalives every third of it).
     ssh_timeout: int = 30
@@ -143,6 +148,10 @@ class Target:
         _check(not self.conda_env or _CONDA_ENV.fullmatch(self.conda_env), "conda_env", self.conda_env,
                "a conda env name (letters, digits, '.', '_', '-') or the absolute path of its prefix")
         _check(not (self.conda_env and self.venv), "venv", self.venv, "either conda_env or venv, not both")
+        _check(not self.setup_extra or _EXTRA.fullmatch(self.setup_extra), "setup_extra", self.setup_extra,
+               "the name of an extra of pyproject.toml, such as 'tpu' or 'cpu' (empty: none)")
+        _check(_PYTHON_VERSION.fullmatch(self.python_version), "python_version", self.python_version,
+               "a Python version as major.minor, such as '3.12'")
         _check(not self.repo_url or _REPO_URL.fullmatch(self.repo_url), "repo_url", self.repo_url,
                "a git URL (https://, ssh://, git://, file://), user@host:path or an absolute path")
         _check(not _CONTROL.search(self.deploy_key), "deploy_key", self.deploy_key, "a path without control characters")

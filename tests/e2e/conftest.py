@@ -72,3 +72,12 @@ def sim_pod(tmp_path_factory, committed_repo, tiny_model):
             yield project
         finally:
             vm.__exit__()
+
+
+@pytest.fixture
+def sim_spot(tmp_path, committed_repo, tiny_model, monkeypatch):
+    """A one-worker simulated spot TPU VM that the fake API can preempt and create again, and its project."""
+    monkeypatch.setenv("TPUCTL_KNOWN_TPUS", str(tmp_path / "known_tpus.json"))
+    vm, folder = make_sim_project(tmp_path, 1, committed_repo, tiny_model, spot=True)
+    yield SimProject(vm, folder, tiny_model)
+    vm.__exit__()

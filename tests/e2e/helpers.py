@@ -30,7 +30,10 @@ class SimProject:
         return self.vm.remote(index, f"~/repo/logs/{name}_latest.log").read_text()
 
 
-def make_sim_project(root: Path, workers: int, repo: Path, model: Path, conda: bool = False) -> tuple[SimTpuVm, Path]:
-    """A simulated VM and a project folder targeting it; `conda`: the SOP's conda env instead of a venv."""
-    vm = SimTpuVm(root / "vm", workers=workers, conda_envs={CONDA_ENV: Path(sys.prefix)} if conda else {}).__enter__()
+def make_sim_project(root: Path, workers: int, repo: Path, model: Path, conda: bool = False,
+                     spot: bool = False) -> tuple[SimTpuVm, Path]:
+    """A simulated VM and a project folder targeting it; `conda`: the SOP's conda env instead of a venv;
+    `spot`: a spot VM that the fake API can preempt and create again (tpuctl.sim.vm)."""
+    vm = SimTpuVm(root / "vm", workers=workers, conda_envs={CONDA_ENV: Path(sys.prefix)} if conda else {},
+                  spot=spot).__enter__()
     return vm, prepare_project(vm, root / "project", repo, smoke_command(model))

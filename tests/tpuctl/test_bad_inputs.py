@@ -34,6 +34,17 @@ CASES = [
     (("launch", "--env", "NOEQUALS", "--", "true"), "bad --env 'NOEQUALS'"),
     (("launch",), "no command to launch"),
     (("status", "--name", "../x"), "bad run name '../x'"),
+    (("--set", "setup_extra=tpu]; rm -rf ~", "setup"), "setup_extra: expected the name of an extra of pyproject.toml"),
+    (("--set", "python_version=3.12; true", "setup"), "python_version: expected a Python version as major.minor"),
+    (("--set", "python_version=3", "setup"), "received '3'"),
+    (("doctor", "--grace", "-1"), "bad --grace -1: expected seconds from 0 to 3600"),
+    (("doctor", "--lock-file", "libtpu_lockfile"), "bad device or lock file 'libtpu_lockfile'"),
+    (("babysit",), "no command to babysit"),
+    (("babysit", "--name", "a/b", "--", "true"), "bad run name 'a/b'"),
+    (("babysit", "--max-preemptions", "-1", "--", "true"), "bad --max-preemptions -1: expected a count from 0 to 10000"),
+    (("babysit", "--poll", "1e-6", "--", "true"), "bad --poll 1e-06: expected seconds from 0.1 to 3600"),
+    (("babysit", "--", "trainer", "--preset", "smoke"), "checkpoint.dir: expected a gs:// bucket that outlives the VM"),
+    (("babysit", "--", "true"), "name: not set; expected the TPU VM to babysit"),
 ]
 
 

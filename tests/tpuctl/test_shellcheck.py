@@ -14,9 +14,11 @@ import pytest
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput
+from tpuctl.ops.doctor import Holder, doctor_script
 from tpuctl.ops.git_auth import deploy_key_install_script, deploy_key_prepare_script
 from tpuctl.ops.launch import LaunchPlan, launch_plan
 from tpuctl.ops.secrets import push_plan
+from tpuctl.ops.setup import setup_script
 from tpuctl.ops.status import status_script
 from tpuctl.ops.stop import stop_script
 from tpuctl.ops.sync import SyncLabels, apply_script, preflight_script
@@ -42,7 +44,8 @@ def shellcheck() -> str:
 
 
 def every_script(target: Target, workers: int) -> list[str]:
-    """What sync, secrets push, verify-env, launch (preflight, start, runner), status, tail and stop run."""
+    """What sync, secrets push, setup, verify-env, launch (preflight, start, runner), status, tail, stop and
+    doctor run."""
     pool = [Worker(i, f"10.0.0.{i + 2}", 22) for i in range(workers)]
     plan = LaunchPlan("train", "20250101T000000Z", ("STEPS=1", "python", "-m", "trainer", "--set", "a=$b c"),
                       {"WANDB_MODE": "offline"})
@@ -51,7 +54,9 @@ def every_script(target: Target, workers: int) -> list[str]:
                *(s for _, s in push_plan(target, pool[:1], Path(".env")) if isinstance(s, str)),
                deploy_key_prepare_script(target), deploy_key_install_script("~/.ssh/k", "~/.ssh/k.tpuctl-X"),
                probe_script(target), status_script(target, "train"), stop_script(target, "train", 30),
-               locate_script(target.remote_repo, "train"), run_state_script("/srv/repo/logs/train_20250101T000000Z")]
+               locate_script(target.remote_repo, "train"), run_state_script("/srv/repo/logs/train_20250101T000000Z"),
+               setup_script(target), doctor_script(target),
+               doctor_script(target, [Holder(1234, 5678, "root", 60, "train", "python -m trainer")], grace_s=5)]
     scripts += [s.text if not isinstance(s, str) else s for _, s in launch_plan(target, pool, plan)]
     return [s for s in scripts if s.startswith("#!/usr/bin/env bash")]
 

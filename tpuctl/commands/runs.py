@@ -17,7 +17,7 @@ from tpuctl.commands.common import (
     open_session,
     workers_of,
 )
-from tpuctl.commands.views import print_dry_run, show_launch, show_status, show_stop
+from tpuctl.commands.views import print_dry_run, show_babysit_status, show_launch, show_status, show_stop
 from tpuctl.console import BadInput
 
 EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the run (not secrets: use .env).")]
@@ -42,7 +42,9 @@ def launch(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFAU
 
 
 def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all", as_json: JsonOpt = False) -> None:
-    """Per worker: running / exited N / vanished / preempted / none, and the last step line's fields."""
+    """Per worker: running / exited N / vanished / preempted / none, and the last step line's fields; for a
+    babysat run also its restarts and the time lost to preemptions (from logs/<name>.events.jsonl here)."""
+    from tpuctl.ops import events
     from tpuctl.ops.runs import check_run_name
     from tpuctl.ops.status import statuses
 
@@ -50,7 +52,11 @@ def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = 
     target, workers = workers_of(ctx, worker, require_ready=False)
     with open_session(target) as session:
         report = statuses(session, target, workers, name)
-    fail_unless(show_status(report, as_json))
+    ok = show_status(report, as_json)
+    babysat = events.read(events.events_path(name))
+    if babysat and not as_json:
+        show_babysit_status(events.summarize(babysat))
+    fail_unless(ok)
 
 
 def stop(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = "all",

@@ -1,8 +1,9 @@
 """`tpuctl smoke`: the whole SOP in one command, then the SOP's expected result checked per worker.
 
 sync -> secrets push -> verify-env -> launch -> tail until exit -> checks: the operations of those
-commands (tpuctl.ops), each shown as its command shows it. A failed step stops the sequence; the
-summary shows every step, including those not run.
+commands (tpuctl.ops), each shown as its command shows it. When verify-env finds no Python environment
+(the venv or conda env is missing, or jax is not installed: a fresh VM), smoke runs `tpuctl setup`
+and verifies again. A failed step stops the sequence; the summary shows every step, including those not run.
 """
 
 from __future__ import annotations
@@ -96,17 +97,29 @@ def _steps(target: Target, workers: list[Worker], env: EnvFile | None, backend: 
     from tpuctl.ops.smoke import SMOKE_RUN
     from tpuctl.ops.sync import sync
     from tpuctl.ops.tail import follow_logs
-    from tpuctl.ops.verify import verify
 
     lines = views.LogLines(labelled=len(workers) > 1)
     return [
         ("sync", lambda s: views.show_sync(sync(s, target, workers, labels), target)),
         ("secrets", lambda s: views.show_push(push_secrets(s, target, workers, env), env) if env else _skip("no local .env")),
-        ("verify-env", lambda s: views.show_verify(verify(s, target, workers, backend))),
+        ("verify-env", lambda s: _verify_or_set_up(s, target, workers, backend)),
         ("launch", lambda s: views.show_launch(launch(s, target, workers, plan))),
         ("tail", lambda s: views.show_followed(follow_logs(s, target, workers, SMOKE_RUN, lines.emit, lines.notice,
                                                            until_exit=True, from_start=True))),
     ]
+
+
+def _verify_or_set_up(session: Session, target: Target, workers: list[Worker], backend: str) -> bool:
+    from tpuctl.ops.setup import missing_environment, setup
+    from tpuctl.ops.verify import verify
+
+    report = verify(session, target, workers, backend)
+    if not report.ok and missing_environment(report):
+        console.print("[yellow]no Python environment on some worker: running tpuctl setup[/]", highlight=False)
+        if not views.report_errors(setup(session, target, workers, on_done=views.show_prepared)):
+            return False
+        report = verify(session, target, workers, backend)
+    return views.show_verify(report)
 
 
 def _skip(reason: str) -> bool:

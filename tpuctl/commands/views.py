@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -22,10 +22,13 @@ if TYPE_CHECKING:
     from tpuctl.envfile import EnvFile
     from tpuctl.local_checkout import LocalCheckout
     from tpuctl.ops.common import Preflight, Step
+    from tpuctl.ops.doctor import DeviceReport, KillReport
+    from tpuctl.ops.events import Summary
     from tpuctl.ops.launch import LaunchReport
     from tpuctl.ops.metrics import Progress
     from tpuctl.ops.report import ReportFetch
     from tpuctl.ops.secrets import Pushed
+    from tpuctl.ops.setup import Prepared
     from tpuctl.ops.status import StatusReport
     from tpuctl.ops.stop import StopReport
     from tpuctl.ops.sync import SyncReport
@@ -142,6 +145,50 @@ def _print_versions(workers: list[Worker], report: VerifyReport) -> None:
         console.print(f"[red]x[/] {shown(problem)}", highlight=False)
     if report.env.ok:
         console.print("[green]environment ok[/]")
+
+
+def show_prepared(worker: Worker, prepared: Prepared) -> None:
+    """One worker's setup, as soon as it is done (the others may still be installing)."""
+    console.out(printable(f"{worker.label} {worker.address}  {prepared.summary}"), highlight=False)
+
+
+def show_devices(outcomes: Sequence[Outcome[DeviceReport]], lockfile: str) -> None:
+    """Per worker: the processes holding the TPU, and the lock file (stale when nothing holds the devices)."""
+    table = Table("worker", "pid", "user", "age", "tpuctl run", "command")
+    for o in outcomes:
+        if not o.ok:
+            continue
+        for h in o.value.holders:
+            table.add_row(o.worker.label, str(h.pid), shown(h.user), _age(h.age_s), shown(h.run or "-"), shown(h.command))
+        if not o.value.holders:
+            table.add_row(o.worker.label, "-", "", "", "", "nothing holds the TPU" +
+                          (" that this user can see (not root)" if o.value.holders_unknown else ""))
+    console.print(table)
+    for o in outcomes:
+        if o.ok:
+            report = o.value
+            state = ("absent" if not report.lock_present else
+                     f"present ({_age(report.lock_age_s or 0)} old), " +
+                     ("stale: nothing holds the TPU" if report.lock_stale else "held" if report.holders else
+                      "cannot tell: not every process is visible"))
+            console.out(printable(f"{o.worker.label} {lockfile}: {state}"), highlight=False)
+
+
+def _age(seconds: int) -> str:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def show_killed(outcomes: Sequence[Outcome[KillReport]]) -> bool:
+    for o in outcomes:
+        if not o.ok:
+            continue
+        k = o.value
+        parts = [f"TERM {', '.join(map(str, k.terminated))}" if k.terminated else "",
+                 f"KILL {', '.join(map(str, k.killed))}" if k.killed else "",
+                 f"gone {', '.join(map(str, k.gone))}" if k.gone else "",
+                 *(f"skipped {s}" for s in k.skipped), f"lock file {k.lock_after}"]
+        console.out(printable(f"{o.worker.label}  " + "; ".join(p for p in parts if p)), highlight=False)
+    return report_errors(outcomes) and all(set(o.value.terminated) <= set(o.value.gone) for o in outcomes if o.ok)
 
 
 def show_launch(report: LaunchReport) -> bool:
@@ -267,3 +314,59 @@ class ProgressLine:
         total = progress.total_steps
         self._bar.update(self._task, description=f"step {steps}", total=total, timing=f"{mean} s/step  ETA {eta}",
                          completed=min(progress.steps_done, total) if total else progress.steps_done)
+
+
+_EVENT_STYLES = {"observed": "dim", "action": "bold", "launched": "green", "prepare-failed": "red", "done": "bold",
+                 "goal": "bold", "resumed": "yellow"}
+
+
+def show_babysit_event(event: dict[str, Any]) -> None:
+    """One line per event of babysit's events file, as it is recorded."""
+    kind = event["event"]
+    clock = event["time"][11:19]
+    if kind == "observed":
+        runs = ", ".join(f"{state}{'' if code is None else f' {code}'}"
+                         for state, code in zip(event["runs"], event["exit_codes"], strict=True))
+        queued = f", queued resource {event['queued']}" if event["queued"] else ""
+        text = f"node {event['node']}{queued}" + (f"; run: {runs}" if runs else "") + (
+            f"; step {event['step']}" if event.get("step") else "") + "".join(f"; {e}" for e in event.get("errors", []))
+    elif kind == "action":
+        text = f"{event['action']}: {event['reason']}"
+    elif kind == "launched":
+        text = f"launched {event['run_id']}"
+    elif kind == "goal":
+        text = f"babysitting {' '.join(event['command'])}"
+    elif kind == "done":
+        text = f"done: {event['result']} (exit {event['exit_code']})"
+    else:
+        text = " ".join(f"{key}={value}" for key, value in event.items() if key not in ("time", "event"))
+    style = _EVENT_STYLES.get(kind, "")
+    console.print(f"{clock} [{style}]{kind:>9}[/] {shown(text)}" if style else f"{clock} {kind:>9} {shown(text)}",
+                  highlight=False)
+
+
+def show_babysit_summary(summary: Summary, last_step: str, failure_tail: Sequence[str]) -> None:
+    """babysit's end: the failed run's last log lines when it failed, then one table."""
+    if failure_tail:
+        console.rule("end of the failed run's log")
+        for line in failure_tail:
+            console.out(printable(line), highlight=False)
+    from tpuctl.ops.events import parse_time
+
+    table = Table(show_header=False, title=f"babysit: {summary.result or 'stopped'}")
+    wall = (parse_time(summary.finished) - parse_time(summary.started)).total_seconds() if summary.finished else None
+    lost = ", ".join(f"{s:.0f} s" for s in summary.lost_s) or "none"
+    for key, value in (("last step", last_step or "-"), ("wall time", f"{wall:.0f} s" if wall is not None else "-"),
+                       ("restarts", str(summary.restarts)), ("preemptions", str(summary.preemptions)),
+                       ("failures", str(summary.failures)), ("time lost to preemptions", lost),
+                       ("exit code", str(summary.exit_code))):
+        table.add_row(key, value)
+    console.print(table)
+
+
+def show_babysit_status(summary: Summary) -> None:
+    """What babysit counted for the run: restarts, preemptions, failures, the time each preemption cost."""
+    lost = ", ".join(f"{s:.0f} s" for s in summary.lost_s) or "none"
+    state = f"{summary.result} (exit {summary.exit_code})" if summary.result else "babysitting"
+    console.print(f"babysit: {summary.restarts} restart(s), {summary.preemptions} preemption(s), {summary.failures} "
+                  f"failure(s); time lost to preemptions: {lost}; {state}", highlight=False)

@@ -55,7 +55,7 @@ def build_tiny_model(destination: Path) -> Path:
 
 def prepare_project(vm: SimTpuVm, folder: Path, repository: Path, command: str) -> Path:
     """A laptop-side project folder: tpuctl.toml naming the simulated VM (its conda env when it has
-    the conda stand-in, else this venv), and a .env."""
+    the conda stand-in, else this venv, both set up with the `cpu` extra), and a .env."""
     folder.mkdir(parents=True, exist_ok=True)
     origin = bare_origin(repository, vm.root / "origin.git")
     # The branch checked out here (main in CI, a feature branch in a developer's worktree).
@@ -64,7 +64,7 @@ def prepare_project(vm: SimTpuVm, folder: Path, repository: Path, command: str) 
     python_env = {"conda_env": next(iter(vm.conda_envs))} if vm.conda_envs else {"venv": sys.prefix}
     write_config(folder / "tpuctl.toml", vm.target_table(
         repo_url=str(origin), repo_path="~/repo", branch=branch, env_file="~/.env", expect_backend="cpu",
-        smoke_command=command, **python_env))
+        setup_extra="cpu", smoke_command=command, **python_env))
     (folder / ".env").write_text(f"WANDB_API_KEY={PLACEHOLDER_WANDB_KEY}\n")
     return folder
 

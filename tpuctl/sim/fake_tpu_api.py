@@ -11,6 +11,11 @@ does. Nodes and queued resources move through their states one step per poll, lo
 operations finish when their resource does, and every request is recorded so a test can prove that
 nothing was changed. Errors can be injected by HTTP status, method and path.
 
+The cloud's side of a spot VM's life is there too: `preempt` takes a node back (PREEMPTED, its queued
+resource SUSPENDED, or the node deleted outright as a spot reclaim does) and calls `on_preempt`, where a
+simulated VM stops its workers; `queue_wait_polls` keeps the next queued resources waiting for capacity;
+a node created again gets a new node id and, through `provision`, new workers with new host keys.
+
 Tests, the README demo and the simulated VM share it; the CLI never imports it.
 """
 
@@ -145,7 +150,8 @@ class FakeTpuApi:
                  accelerator_types: tuple[str, ...] = tuple(HOSTS_PER_TYPE),
                  runtimes: tuple[str, ...] = DEFAULT_RUNTIMES,
                  polls_per_step: int = 1, provision: Callable[[str, str], list[SimEndpoint]] | None = None,
-                 on_metadata: Callable[[str, dict[str, str]], None] | None = None):
+                 on_metadata: Callable[[str, dict[str, str]], None] | None = None,
+                 on_preempt: Callable[[str], None] | None = None):
         self.project = project
         self.zones = zones
         self.accelerator_types = accelerator_types
@@ -154,6 +160,10 @@ class FakeTpuApi:
         self.provision = provision
         # The "guest agent": called with (node name, metadata) when a node is created or its metadata changes.
         self.on_metadata = on_metadata
+        # The VMs going away: called with the node's name when preempt() takes it back.
+        self.on_preempt = on_preempt
+        # Extra polls a queued resource created from now on spends in WAITING_FOR_RESOURCES (no capacity).
+        self.queue_wait_polls = 0
         self.requests: list[Recorded] = []
         self._nodes: dict[tuple[str, str], _Node] = {}
         self._queued: dict[tuple[str, str], _Queued] = {}
@@ -225,6 +235,30 @@ class FakeTpuApi:
             record.node.state = tpu_v2.Node.State[state]
             if symptom:
                 record.node.symptoms.append(tpu_v2.Symptom(details=symptom))
+
+    def preempt(self, name: str, zone: str | None = None, reclaim: bool = False) -> None:
+        """Take a spot or preemptible node back, as the cloud does: PREEMPTED, with a symptom; a queued
+        resource's node also SUSPENDS its queued resource. With `reclaim` the node is deleted outright
+        (what a spot reclaim may leave: no node at all). `on_preempt` runs last (the VMs stop)."""
+        key = (zone or self.zones[0], name)
+        with self._lock:
+            record = self._nodes[key]
+            owner = record.node.queued_resource.rsplit("/", 1)[-1]
+            if owner and (key[0], owner) in self._queued:
+                self._set_queued_state(self._queued[(key[0], owner)], "SUSPENDED")
+            if reclaim:
+                del self._nodes[key]
+            else:
+                record.node.state = tpu_v2.Node.State.PREEMPTED
+                record.node.health = tpu_v2.Node.Health.HEALTH_UNSPECIFIED
+                record.node.symptoms.append(tpu_v2.Symptom(details="The TPU was preempted."))
+        if self.on_preempt is not None:
+            self.on_preempt(name)
+
+    def set_queued_state(self, name: str, state: str, zone: str | None = None) -> None:
+        """E.g. FAILED: a queued resource the cloud gave up on."""
+        with self._lock:
+            self._set_queued_state(self._queued[(zone or self.zones[0], name)], state)
 
     def set_endpoints(self, name: str, endpoints: list[SimEndpoint], zone: str | None = None) -> None:
         """Change what a node publishes (addresses, host keys) without recreating it: same node id."""
@@ -450,7 +484,8 @@ class FakeTpuApi:
             self._check_spec(spec.node)
         resource.name = f"{self._parent(zone)}/queuedResources/{name}"
         resource.create_time = "2025-01-01T00:00:00Z"
-        queued = _Queued(resource, [s for s in QUEUE_STEPS for _ in range(self.polls_per_step)])
+        waits = {"WAITING_FOR_RESOURCES": self.queue_wait_polls}
+        queued = _Queued(resource, [s for s in QUEUE_STEPS for _ in range(self.polls_per_step + waits.get(s, 0))])
         self._set_queued_state(queued, queued.steps.pop(0))
         self._queued[(zone, name)] = queued
         return self._start_operation(zone, "create", resource.name, lambda poll: {

@@ -133,6 +133,20 @@ class SshdWorker:
         self.process.wait(timeout=10)
         self.process = None
 
+    def power_off(self) -> None:
+        """The VM goes away: the server, its sessions, and every process started through it (detached
+        runs too: each carries this worker's HOME in its environment)."""
+        self.stop()
+        marker = f"HOME={self.home}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
     def session_pids(self) -> list[int]:
         """The processes serving this server's open connections (its descendants), not the listener."""
         return _descendants(self.process.pid) if self.process is not None else []

@@ -7,7 +7,12 @@
   exactly as against Google;
 - the repository the VM syncs from is a local bare git origin;
 - with `conda_envs`, each worker has the conda stand-in of tpuctl.sim.conda, as the SOP's VM has
-  conda (env `mllm-jax`).
+  conda (env `mllm-jax`);
+- `spot=True` makes it a spot VM: the API's `preempt(name)` powers its workers off (their sshd and
+  every process started through them), and a node created
+  again through the API (same name) gets new workers at the same addresses with new host keys and
+  empty home folders, as a recreated VM has a fresh boot disk. Paths outside the homes (the Python
+  environment the target names, a model folder) stand in for what the VM image provides.
 
 Workers stay on loopback addresses in one network namespace: JAX's CPU collectives (gloo) advertise
 the address the hostname resolves to, which another namespace could not reach.
@@ -37,32 +42,55 @@ class SimTpuVm:
     name: str = "sim-tpu"
     accelerator_type: str = "v4-8"
     conda_envs: dict[str, Path] = field(default_factory=dict)  # env name -> the venv it activates
+    spot: bool = False
     sshd: list[SshdWorker] = field(default_factory=list)
+    generation: int = 0  # how many times the VM was created again
 
     def __enter__(self) -> SimTpuVm:
         self.root.mkdir(parents=True, exist_ok=True)
         self.identity = self.root / "id_ed25519"
         if not self.identity.exists():
             keygen(self.identity, comment="tpuctl-sim-client")
-        addresses = [f"127.0.0.{FIRST_ADDRESS + i}" for i in range(self.workers)]
-        port = free_port_on(addresses)
-        authorized = self.identity.with_suffix(".pub").read_text()
+        self.addresses = [f"127.0.0.{FIRST_ADDRESS + i}" for i in range(self.workers)]
+        self.port = free_port_on(self.addresses)
         try:
-            for i, address in enumerate(addresses):
-                self.sshd.append(SshdWorker(self.root / f"worker{i}", address, authorized, port=port).start())
-                if self.conda_envs:
-                    install_conda(self.sshd[-1].home, self.conda_envs)
+            self._start_workers()
             self.api = FakeTpuApi().start()
         except BaseException:
             self.__exit__()
             raise
-        self.api.add_node(self.name, [SimEndpoint.of_sshd(w, hostname=f"{self.name}-w-{i}")
-                                      for i, w in enumerate(self.sshd)], accelerator_type=self.accelerator_type)
+        if self.spot:
+            self.api.on_preempt = self._stop_workers
+            self.api.provision = self._provision
+        self.api.add_node(self.name, self._endpoints(), accelerator_type=self.accelerator_type, spot=self.spot)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _start_workers(self) -> None:
+        """Workers with fresh host keys and homes: under worker<i> at first, worker<i>.<generation> later."""
+        authorized = self.identity.with_suffix(".pub").read_text()
+        suffix = f".{self.generation}" if self.generation else ""
+        for i, address in enumerate(self.addresses):
+            self.sshd.append(SshdWorker(self.root / f"worker{i}{suffix}", address, authorized, port=self.port).start())
+            if self.conda_envs:
+                install_conda(self.sshd[-1].home, self.conda_envs)
+
+    def _stop_workers(self, name: str = "") -> None:
         for worker in self.sshd:
-            worker.stop()
+            worker.power_off()
+        self.sshd.clear()
+
+    def _provision(self, name: str, accelerator_type: str) -> list[SimEndpoint]:
+        """The API created the node again: new VMs behind the same addresses."""
+        self._stop_workers()
+        self.generation += 1
+        self._start_workers()
+        return self._endpoints()
+
+    def _endpoints(self) -> list[SimEndpoint]:
+        return [SimEndpoint.of_sshd(w, hostname=f"{self.name}-w-{i}") for i, w in enumerate(self.sshd)]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop_workers()
         if getattr(self, "api", None) is not None:
             self.api.stop()
 
@@ -74,7 +102,7 @@ class SimTpuVm:
     def target_table(self, **settings) -> dict:
         """A tpuctl target that finds the workers through the TPU API, as for a real TPU VM."""
         return {"name": self.name, "project": self.api.project, "zone": self.api.zones[0],
-                "tpu_api_endpoint": self.api.endpoint, "ssh_port": self.sshd[0].port,
+                "tpu_api_endpoint": self.api.endpoint, "ssh_port": self.port,
                 "identity_file": str(self.identity), **settings}
 
     def explicit_table(self, count: int | None = None, **settings) -> dict:
