@@ -103,7 +103,7 @@ def test_the_summary_counts_restarts_and_the_time_each_preemption_cost():
 @pytest.mark.parametrize("command", [
     ["python", "-m", "trainer", "--set", "checkpoint.dir=gs://bucket/run1"],
     ["trainer", "--preset", "smoke", "--set=checkpoint.dir=gs://bucket/run1"],
-    ["WANDB_MODE=online", "/root/venv/bin/trainer", "--set", "checkpoint.dir=/tmp/x", "--set", "checkpoint.dir=gs://b/r"],
+    ["WANDB_MODE=online", "/opt/venv/bin/trainer", "--set", "checkpoint.dir=/tmp/x", "--set", "checkpoint.dir=gs://b/r"],
     ["bash", "train.sh"],  # not the trainer: its storage is its own business
 ])
 def test_a_durable_checkpoint_dir_or_another_program_is_accepted(command):
@@ -112,7 +112,7 @@ def test_a_durable_checkpoint_dir_or_another_program_is_accepted(command):
 
 @pytest.mark.parametrize("command, received", [
     (["python", "-m", "trainer", "--preset", "smoke"], "nothing (the default, <out_dir>/checkpoints on the VM's disk)"),
-    (["trainer", "--set", "checkpoint.dir=/root/ckpt"], "'/root/ckpt'"),
+    (["trainer", "--set", "checkpoint.dir=/data/ckpt"], "'/data/ckpt'"),
     (["STEPS=9", "python3", "-m", "trainer", "--set", "checkpoint.dir=gs://b/r", "--set", "checkpoint.dir=runs/c"],
      "'runs/c'"),  # the last --set wins, as in the trainer
     (["trainer", "--set", "checkpoint.dir=gs://"], "'gs://'"),

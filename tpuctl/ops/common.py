@@ -15,6 +15,9 @@ from tpuctl.remote.render import RenderedScript
 from tpuctl.transport import Outcome, Session
 from tpuctl.workers import Worker
 
+# How --dry-run names a temporary file the scripts create with mktemp (the template ends in 12 Xs).
+TEMPORARY = "<mktemp: {path}.tpuctl-" + "X" * 12 + ">"
+
 
 @dataclass(frozen=True)
 class Note:

@@ -23,16 +23,13 @@ from urllib.parse import urlsplit
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError
-from tpuctl.ops.common import Note, Step
+from tpuctl.ops.common import TEMPORARY, Note, Step
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
 from tpuctl.workers import Worker
 
 PINNED_FILE = "git_hosts_known"
-TEMPORARY = "<mktemp: {path}.tpuctl-XXXXXXXXXXXX>"
-
-
 @cache
 def pinned_host_keys() -> tuple[str, ...]:
     """The known_hosts lines shipped for github.com and gitlab.com."""

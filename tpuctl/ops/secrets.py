@@ -17,13 +17,11 @@ import paramiko
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError
 from tpuctl.envfile import EnvFile
-from tpuctl.ops.common import Note, Step
+from tpuctl.ops.common import TEMPORARY, Note, Step
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
 from tpuctl.workers import Worker
-
-TEMPORARY = "<mktemp: {path}.tpuctl-XXXXXXXXXXXX>"
 
 
 def prepare_script(target: Target) -> RenderedScript:
