@@ -19,8 +19,9 @@ import jax
 import numpy as np
 import workload
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.loop import GRPOLoop, StopSignal
 from trainer.runtime import start
 
 
@@ -28,8 +29,8 @@ def workload_sets(workdir: Path, steps: int, out_dir: str) -> list[str]:
     return [
         f"model_path={workdir / 'model'}", f"steps={steps}", f"out_dir={out_dir}", "checkpoint.resume=false",
         "data.source=gsm8k", f"data.path={workdir / 'gsm8k'}", "data.shuffle=false", "data.system_prompt=",
-        f"rollout.batch_size={workload.PROMPTS_PER_STEP}", f"rollout.num_pre_q={workload.GROUP}",
-        f"rollout.global_length={workload.PROMPT_LEN}", f"rollout.max_length_sample={workload.NEW_TOKENS}",
+        f"rollout.batch_size={workload.PROMPTS_PER_STEP}", f"rollout.group_size={workload.GROUP}",
+        f"rollout.prompt_length={workload.PROMPT_LEN}", f"rollout.max_new_tokens={workload.NEW_TOKENS}",
         f"rollout.temperature={workload.TEMPERATURE}", "rollout.top_k=-1", "rollout.top_p=1.0",
         "rollout.ignore_eos=true", "rollout.backend=jax",
         f"train.micro_batch_size={workload.PROMPTS_PER_STEP * workload.GROUP}", "train.loss_type=grpo",
