@@ -98,6 +98,7 @@ class ModelSection(Section):
     dtype: Dtype = "auto"  # compute dtype; auto: bfloat16 on TPU, float32 elsewhere
     param_dtype: Dtype = "float32"  # master weights and optimizer state; auto: float32 where it fits, else bfloat16
     remat: bool = False  # recompute layer activations in the backward pass
+    layer_loop: Literal["auto", "scan", "unrolled"] = "auto"  # auto: unrolled on CPU, scan elsewhere (trainer/model/load.py)
 
 
 class DataSection(Section):
@@ -143,6 +144,8 @@ class RolloutSection(Section):
     top_k: Annotated[int, _rule("-1 (off) or a positive integer", lambda v: v == -1 or v > 0)] = -1
     top_p: Annotated[Number, _rule("a number in (0, 1]", lambda v: 0 < v <= 1)] = 1.0
     ignore_eos: bool = False  # stop tokens do not end a completion: exactly max_new_tokens new tokens
+    # jax sampler's draw; auto: inverse_cdf on CPU, gumbel elsewhere (trainer/rollout/sampling.py)
+    sampling_method: Literal["auto", "gumbel", "inverse_cdf"] = "auto"
     sglang: SglangSection = Field(default_factory=SglangSection)
 
     @model_validator(mode="after")

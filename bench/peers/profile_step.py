@@ -78,11 +78,11 @@ def phase_functions(loop: GRPOLoop):
 
     def logits_fn(params, batch):
         c = batch.completion_ids_NxC.shape[1]
-        logits, _ = model.apply({"params": params}, *model_inputs(batch), logits_last_n=c + 1)
+        logits, _ = model.apply({"params": params}, *model_inputs(batch), logits_last_n=c, logits_skip_last=1)
         return logits
 
     def loss_from_logits(logits, batch):
-        logps, entropy = token_logps_and_entropy(logits[:, :-1], batch.completion_ids_NxC, temperature)
+        logps, entropy = token_logps_and_entropy(logits, batch.completion_ids_NxC, temperature)
         per_token, _ = per_token_loss(logps, jax.lax.stop_gradient(logps), batch.advantages_N, batch.ref_logps_NxC,
                                       batch.rollout_logps_NxC, batch.completion_mask_NxC, train)
         weights = token_weights(batch.loss_mask_NxC, train.loss_type)
@@ -97,7 +97,7 @@ def phase_functions(loop: GRPOLoop):
 
     @functools.partial(jax.jit, static_argnames="length")
     def prefill(params, ids, mask, length):
-        cache = KVCache.zeros(model.config, ids.shape[0], length, model.dtype)
+        cache = KVCache.zeros(model.config, ids.shape[0], length, model.dtype, per_layer=not model.scan_layers)
         key_valid = jnp.concatenate([mask, jnp.ones((ids.shape[0], length - ids.shape[1]), mask.dtype)], axis=1)
         return model.apply({"params": params}, ids, prompt_positions(mask), key_valid, cache, 0, logits_last_n=1)
 
