@@ -7,12 +7,15 @@ forward runs through them (`scan_layers`):
   backend runs the loop body without extra copies.
 - unrolled (a Python loop over the layers, each reading its slice of the stacked parameters): XLA sees
   the whole forward at once and every layer keeps its own KV cache, so a decode step writes and reads
-  each layer's keys in place instead of slicing them out of the stacked cache. On the 2-core CPU this
-  halves a decode step and takes about a fifth off the update (bench/peers/experiments.py); compile
-  time grows with depth, which a small model does not notice.
+  each layer's keys in place instead of slicing them out of the stacked cache. On the 2-core CPU, on
+  the peer workload's 4-layer model, a decode step with inverse-CDF draws takes 0.94x (with Gumbel-max
+  1.03x) and the update 0.97x of the scan's (bench/peers/fast_paths.py): a small gain, measured on
+  small models only. Compile time grows with depth, which a small model does not notice.
 The same forward serves training (no cache, causal mask over the whole row) and sampling (a
 preallocated cache written at `write_index`). Keys and values are kept heads first ([batch, kv heads,
-positions, head_dim]), the layout the attention contractions read, so the cache is never transposed.
+positions, head_dim]), the layout the attention contractions read, so the cache is never transposed
+(the keys-after-positions layout before it spent a third of a CPU decode step copying each layer's
+keys out of the cache: bench/peers/op_profile.py rollout).
 Rows are left-padded; `positions` count real tokens only, so a padded row computes exactly what the
 unpadded sequence would.
 """

@@ -8,7 +8,7 @@ same quantity the trainer computes (and sglang-jax returns); greedy rows use tem
 A token is drawn by Gumbel-max (`jax.random.categorical`) or by inverse CDF (`rollout.sampling_method`):
 the same distribution, different draws for one seed. Inverse CDF is a cumulative sum over the vocabulary
 and a count, where Gumbel-max draws a Gumbel variate per vocabulary entry and takes an argmax; on the
-CPU the count is the cheaper of the two (a decode step 0.45x against 0.50x, bench/peers/experiments.py).
+CPU the count is the cheaper of the two (a whole decode step 0.85x, bench/peers/fast_paths.py).
 Gumbel-max stays the default elsewhere: on a TPU its argmax is one cheap reduction while a cumulative
 sum over a 150k vocabulary is a log-depth scan, and it is exact in the far tail, where a float32
 cumulative sum cannot separate tokens whose probability is below about 1e-7 of the total.
