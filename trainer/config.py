@@ -116,14 +116,14 @@ class SglangSection(Section):
 
     key: ClassVar[str] = "rollout.sglang"
     mem_fraction_static: HalfOpenUnit = 0.0  # 0: auto (small, since the pool is capped by max_total_tokens)
-    max_total_tokens: Count = 0  # KV pool tokens; 0: rows per process x (prompt bucket + new tokens)
+    max_total_tokens: Count = 0  # KV pool tokens; 0: running requests (at most the rows) x (prompt bucket + new tokens)
     context_length: Count = 0  # 0: prompt bucket + new tokens
     dtype: Dtype = "auto"  # auto: model.dtype
     kv_cache_dtype: Literal["auto", "bf16", "float32"] = "auto"  # bf16 is sglang-jax's spelling
     tp_size: Count = 0  # 0: 1 on CPU, every local chip on TPU
     page_size: PositiveInt = 1
-    max_running_requests: Count = 0  # 0: rows per process
-    chunked_prefill_size: Count = 0  # 0: rows per process x prompt bucket
+    max_running_requests: Count = 0  # 0: rows per process; with native attention (CPU) at most 4 (settings.py)
+    chunked_prefill_size: Count = 0  # 0: rows per process x prompt bucket; with native attention one prompt bucket
     attention_backend: Literal["auto", "native", "fa"] = "auto"  # auto: native on CPU, fa on TPU
     precompile: bool = False  # compile the engine's padding buckets at start
     precompile_token_paddings: list[int] = Field(default_factory=list)
