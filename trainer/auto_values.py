@@ -1,6 +1,7 @@
 """The config's `auto` / 0 values replaced by what this run will use, before anything is built, so the
-effective config the run prints is the one it runs: the compute dtype, the master weights' dtype
-(float32 where it fits beside the rollout engine's weights), and the rollout backend's own sizes."""
+effective config the run prints is the one it runs: the compute dtype, the layer loop, the built-in
+sampler's draw, the master weights' dtype (float32 where it fits beside the rollout engine's weights),
+and the rollout backend's own sizes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import jax.numpy as jnp
 
 from trainer.config import TrainerConfig
 from trainer.metrics import print_flushed
-from trainer.model.load import MASTER_WEIGHTS_SHARE, compute_dtype, master_weights_dtype
+from trainer.model.load import MASTER_WEIGHTS_SHARE, compute_dtype, layer_loop, master_weights_dtype
 from trainer.model.qwen2 import Qwen2Config
 from trainer.rollout import backend_class
+from trainer.rollout.sampling import sampling_method
 from trainer.runtime import Runtime, device_memory_bytes
 
 
@@ -22,7 +24,10 @@ def resolve_auto_values(config: TrainerConfig, runtime: Runtime, model_dir: Path
     """The config with `auto` / 0 values replaced by what this run will use, as the log should show."""
     model = Qwen2Config.from_dir(model_dir)
     dtype = jnp.dtype(compute_dtype(config.model.dtype, runtime.platform)).name
-    config = config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype})})
+    loop = layer_loop(config.model.layer_loop, runtime.platform)
+    config = config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype, "layer_loop": loop})})
+    method = sampling_method(config.rollout.sampling_method, runtime.platform)
+    config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"sampling_method": method})})
     if config.model.param_dtype == "auto":
         param_dtype = resolve_param_dtype(config, model, runtime, out)
         config = config.model_copy(update={"model": config.model.model_copy(update={"param_dtype": param_dtype})})

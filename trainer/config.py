@@ -98,6 +98,7 @@ class ModelSection(Section):
     dtype: Dtype = "auto"  # compute dtype; auto: bfloat16 on TPU, float32 elsewhere
     param_dtype: Dtype = "float32"  # master weights and optimizer state; auto: float32 where it fits, else bfloat16
     remat: bool = False  # recompute layer activations in the backward pass
+    layer_loop: Literal["auto", "scan", "unrolled"] = "auto"  # auto: unrolled on CPU, scan elsewhere (trainer/model/load.py)
 
 
 class DataSection(Section):
@@ -115,14 +116,14 @@ class SglangSection(Section):
 
     key: ClassVar[str] = "rollout.sglang"
     mem_fraction_static: HalfOpenUnit = 0.0  # 0: auto (small, since the pool is capped by max_total_tokens)
-    max_total_tokens: Count = 0  # KV pool tokens; 0: rows per process x (prompt bucket + new tokens)
+    max_total_tokens: Count = 0  # KV pool tokens; 0: running requests (at most the rows) x (prompt bucket + new tokens)
     context_length: Count = 0  # 0: prompt bucket + new tokens
     dtype: Dtype = "auto"  # auto: model.dtype
     kv_cache_dtype: Literal["auto", "bf16", "float32"] = "auto"  # bf16 is sglang-jax's spelling
     tp_size: Count = 0  # 0: 1 on CPU, every local chip on TPU
     page_size: PositiveInt = 1
-    max_running_requests: Count = 0  # 0: rows per process
-    chunked_prefill_size: Count = 0  # 0: rows per process x prompt bucket
+    max_running_requests: Count = 0  # 0: rows per process; with native attention (CPU) at most 4 (settings.py)
+    chunked_prefill_size: Count = 0  # 0: rows per process x prompt bucket; with native attention one prompt bucket
     attention_backend: Literal["auto", "native", "fa"] = "auto"  # auto: native on CPU, fa on TPU
     precompile: bool = False  # compile the engine's padding buckets at start
     precompile_token_paddings: list[int] = Field(default_factory=list)
@@ -143,6 +144,8 @@ class RolloutSection(Section):
     top_k: Annotated[int, _rule("-1 (off) or a positive integer", lambda v: v == -1 or v > 0)] = -1
     top_p: Annotated[Number, _rule("a number in (0, 1]", lambda v: 0 < v <= 1)] = 1.0
     ignore_eos: bool = False  # stop tokens do not end a completion: exactly max_new_tokens new tokens
+    # jax sampler's draw; auto: inverse_cdf on CPU, gumbel elsewhere (trainer/rollout/sampling.py)
+    sampling_method: Literal["auto", "gumbel", "inverse_cdf"] = "auto"
     sglang: SglangSection = Field(default_factory=SglangSection)
 
     @model_validator(mode="after")

@@ -99,8 +99,14 @@ def importance_weight(old_logps_NxC, rollout_logps_NxC, generated_NxC, cap: floa
 
 def token_logps_and_entropy(logits_NxCxV: jax.Array, tokens_NxC: jax.Array,
                             temperature: float) -> tuple[jax.Array, jax.Array]:
-    """log pi(token) and the entropy of the temperature-scaled distribution the sampler drew from."""
+    """log pi(token) and the entropy of the temperature-scaled distribution the sampler drew from.
+
+    The token's log-prob is picked by a one-hot select and a sum rather than a gather: the same number
+    (every other term is an exact 0), and its backward is an elementwise select that XLA fuses into the
+    log-softmax's, where a gather's is a scatter into a zeroed [rows, tokens, vocab] array. On a TPU a
+    gather along the vocabulary is no faster either, so this is not a per-platform choice."""
     logp_NxCxV = jax.nn.log_softmax(logits_NxCxV.astype(jnp.float32) / temperature, axis=-1)
-    token_logps = jnp.take_along_axis(logp_NxCxV, tokens_NxC[..., None], axis=-1)[..., 0]
+    picked_NxCxV = jnp.arange(logp_NxCxV.shape[-1]) == tokens_NxC[..., None]
+    token_logps = jnp.sum(jnp.where(picked_NxCxV, logp_NxCxV, 0.0), axis=-1)
     entropy = -jnp.sum(jnp.exp(logp_NxCxV) * logp_NxCxV, axis=-1)
     return token_logps, entropy

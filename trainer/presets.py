@@ -37,7 +37,8 @@ PRESETS: dict[str, dict] = {
         "model_path": "Qwen/Qwen2.5-7B-Instruct",
         "steps": 1,
         "out_dir": "runs/smoke",
-        "model": {"param_dtype": "auto", "remat": True},  # bfloat16 for 7B on a v4-8: see the docstring
+        # bfloat16 master weights for 7B on a v4-8 (see the docstring); scan over layers, as a TPU wants
+        "model": {"param_dtype": "auto", "remat": True, "layer_loop": "scan"},
         "data": {"source": "gsm8k", "system_prompt": GSM8K_SYSTEM_PROMPT},
         "rollout": {"backend": "sglang_jax", "batch_size": 1, "group_size": 4, "prompt_length": 512,
                     "max_new_tokens": 64},
@@ -50,7 +51,7 @@ PRESETS: dict[str, dict] = {
         "model_path": "Qwen/Qwen2.5-1.5B-Instruct",
         "steps": 300,
         "out_dir": "runs/gsm8k-qwen2.5-1.5b",
-        "model": {"remat": True},
+        "model": {"remat": True, "layer_loop": "scan"},  # a TPU's choice (trainer/model/load.py)
         "data": {"source": "gsm8k", "system_prompt": GSM8K_SYSTEM_PROMPT},
         "rollout": {"backend": "sglang_jax", "batch_size": 32, "group_size": 8, "prompt_length": 384,
                     "max_new_tokens": 512, "temperature": 1.0},

@@ -89,8 +89,9 @@ def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mas
     lengths_N = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
     positions = jnp.concatenate([prompt_positions(prompt_mask_NxP), lengths_N + jnp.arange(c)], axis=1)
     key_valid = jnp.concatenate([prompt_mask_NxP, jnp.ones_like(completion_ids_NxC)], axis=1)
-    logits, _ = model.apply({"params": params}, tokens, positions, key_valid, logits_last_n=c + 1)
-    return token_logps_and_entropy(logits[:, :-1], completion_ids_NxC, temperature)
+    # Position i predicts token i + 1: the c positions before the last one predict the completion.
+    logits, _ = model.apply({"params": params}, tokens, positions, key_valid, logits_last_n=c, logits_skip_last=1)
+    return token_logps_and_entropy(logits, completion_ids_NxC, temperature)
 
 
 def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float):

@@ -34,15 +34,16 @@ import workload
 from profile_step import floors
 from run import prepare
 from run_trainer import workload_sets
-from trainer.sampling import generate
 
 from trainer.advantages import group_advantages
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, resolve_auto_values
+from trainer.loop import GRPOLoop
 from trainer.model.qwen2 import Qwen2ForCausalLM
+from trainer.rollout.sampling import generate
 from trainer.runtime import start
 from trainer.testing import perf
-from trainer.train_step import TrainState, batch_from_host, completion_logps, loss_settings, make_train_step
+from trainer.train_step import TrainState, completion_logps, make_train_step
 
 UPDATE_VARIANTS = {  # name -> (num_micro, fused params, make_update switches); None switches: the trainer's step
     "trainer step (micro-batch 16)": (1, False, None),
@@ -102,28 +103,28 @@ def setup(gsm8k_dir: Path):
     config = resolve_auto_values(config, runtime, workdir / "model")
     loop = GRPOLoop(config, runtime, workdir / "model", out=lambda line: None)
     loop.backend.push_weights(loop.state.params)
-    problems = loop.my_rows(loop.stream.next_batch(config.rollout.batch_size))
+    problems = loop.problems_of_this_process(loop.stream.next_batch(config.rollout.batch_size))
     ids, mask = loop.encode(problems)
     rollout = loop.backend.generate(ids, mask, loop.sampling, seed=0)
     _, rewards = loop.score(rollout, problems)
-    host = loop.host_batch(ids, mask, rollout, group_advantages(rewards, config.rollout.num_pre_q), rewards)
-    return loop, jnp.asarray(ids), jnp.asarray(mask), batch_from_host(host, loop.mesh)
+    advantages = group_advantages(rewards, config.rollout.group_size, config.train.scale_rewards)
+    return loop, jnp.asarray(ids), jnp.asarray(mask), loop.train_batch(ids, mask, rollout, advantages, rewards)
 
 
 def update_calls(loop, batch):
     """name -> a call running one whole update on a fresh copy of the state; and the first call's metrics."""
     cfg, optimizer, rows = loop.model.config, loop.optimizer, loop.config.rows
-    settings = loss_settings(loop.config.train, loop.config.rollout.max_length_sample)
+    train = loop.config.train
     plain = loop.state
     fused = TrainState(plain.step, variants.fuse(plain.params), optimizer.init(variants.fuse(plain.params)))
     calls, metrics = {}, {}
     for name, (num_micro, use_fused, switches) in UPDATE_VARIANTS.items():
         if switches is None or switches == "remat":
             model = Qwen2ForCausalLM(cfg, remat=True) if switches == "remat" else loop.model
-            step = make_train_step(model, optimizer, settings, num_micro, loop.config.rollout.temperature, False,
-                                   loop.state_shardings, loop.mesh)
+            step = make_train_step(model, optimizer, train, num_micro, loop.config.rollout.temperature,
+                                   loop.state_shardings, loop.runtime.mesh)
         else:
-            step = variants.make_update(cfg, optimizer, settings, rows, num_micro=num_micro, **switches)
+            step = variants.make_update(cfg, optimizer, train, rows, num_micro=num_micro, **switches)
         state = fused if use_fused else plain
 
         def call(step=step, state=state):

@@ -29,9 +29,9 @@ import jax  # noqa: E402
 import workload  # noqa: E402
 from run import prepare  # noqa: E402
 from sglang_profile import backends  # noqa: E402
-from trainer.sampling import SamplingSettings  # noqa: E402
 
 from trainer.data import left_pad  # noqa: E402
+from trainer.rollout.sampling import SamplingSettings  # noqa: E402
 
 _OP = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')
 

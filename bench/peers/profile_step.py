@@ -36,16 +36,15 @@ import optax
 import workload
 from run import prepare
 from run_trainer import workload_sets
-from trainer.sampling import prompt_positions
 
 from trainer.advantages import group_advantages
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.loop import GRPOLoop, StopSignal
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import KVCache
+from trainer.model.qwen2 import KVCache, prompt_positions
 from trainer.runtime import start
 from trainer.testing import perf
-from trainer.train_step import batch_from_host, loss_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer_update import update_flops  # noqa: E402
@@ -75,18 +74,18 @@ def model_inputs(batch):
 def phase_functions(loop: GRPOLoop):
     """Jitted pieces of the update, each the trainer's own code path cut at a phase boundary."""
     model, temperature = loop.model, loop.config.rollout.temperature
-    settings = loss_settings(loop.config.train, loop.config.rollout.max_length_sample)
+    train = loop.config.train
 
     def logits_fn(params, batch):
         c = batch.completion_ids_NxC.shape[1]
-        logits, _ = model.apply({"params": params}, *model_inputs(batch), logits_last_n=c + 1)
+        logits, _ = model.apply({"params": params}, *model_inputs(batch), logits_last_n=c, logits_skip_last=1)
         return logits
 
     def loss_from_logits(logits, batch):
-        logps, entropy = token_logps_and_entropy(logits[:, :-1], batch.completion_ids_NxC, temperature)
+        logps, entropy = token_logps_and_entropy(logits, batch.completion_ids_NxC, temperature)
         per_token, _ = per_token_loss(logps, jax.lax.stop_gradient(logps), batch.advantages_N, batch.ref_logps_NxC,
-                                      batch.rollout_logps_NxC, settings)
-        weights = token_weights(batch.loss_mask_NxC, settings.loss_type, settings.max_length)
+                                      batch.rollout_logps_NxC, batch.completion_mask_NxC, train)
+        weights = token_weights(batch.loss_mask_NxC, train.loss_type)
         return jnp.sum(per_token * weights) + 0.0 * jnp.sum(jax.lax.stop_gradient(entropy))
 
     def loss_fn(params, batch):
@@ -98,7 +97,7 @@ def phase_functions(loop: GRPOLoop):
 
     @functools.partial(jax.jit, static_argnames="length")
     def prefill(params, ids, mask, length):
-        cache = KVCache.zeros(model.config, ids.shape[0], length, model.dtype)
+        cache = KVCache.zeros(model.config, ids.shape[0], length, model.dtype, per_layer=not model.scan_layers)
         key_valid = jnp.concatenate([mask, jnp.ones((ids.shape[0], length - ids.shape[1]), mask.dtype)], axis=1)
         return model.apply({"params": params}, ids, prompt_positions(mask), key_valid, cache, 0, logits_last_n=1)
 
@@ -108,7 +107,7 @@ def phase_functions(loop: GRPOLoop):
 
 def floors(loop: GRPOLoop, peak: float, bandwidth: float) -> dict[str, float]:
     c, cfg = loop.config, loop.model.config
-    rows, p, new = c.rows, c.rollout.global_length, c.rollout.max_length_sample
+    rows, p, new = c.rows, c.rollout.prompt_length, c.rollout.max_new_tokens
     forward = update_flops(cfg, rows, p, new, 1)
     params = cfg.num_params()
     layers_kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
@@ -139,22 +138,22 @@ def main() -> None:
     fastest = min(steps, key=lambda m: m["time/step_s"])
     step_s = fastest["time/step_s"]
     fns, r = phase_functions(loop), args.repeats
-    problems = loop.my_rows(loop.stream.next_batch(config.rollout.batch_size))
+    problems = loop.problems_of_this_process(loop.stream.next_batch(config.rollout.batch_size))
     ids, mask = loop.encode(problems)
     rollout = loop.backend.generate(ids, mask, loop.sampling, seed=0)
     seconds = {"step": step_s, "rollout": best(lambda: loop.backend.generate(ids, mask, loop.sampling, seed=0), r)}
-    cache_len = config.rollout.global_length + config.rollout.max_length_sample
+    cache_len = config.rollout.prompt_length + config.rollout.max_new_tokens
     params = loop.state.params
     seconds["prefill"] = best(lambda: jax.block_until_ready(fns["prefill"](params, ids, mask, cache_len)), r)
     seconds["decode"] = seconds["rollout"] - seconds["prefill"]
 
     def reward():
         _, rewards = loop.score(rollout, problems)
-        return loop.host_batch(ids, mask, rollout, group_advantages(rewards, config.rollout.num_pre_q), rewards)
+        advantages = group_advantages(rewards, config.rollout.group_size, config.train.scale_rewards)
+        return jax.block_until_ready(loop.train_batch(ids, mask, rollout, advantages, rewards))
 
     seconds["reward"] = best(reward, r)
-    host = reward()
-    batch = batch_from_host(host, loop.mesh)
+    batch = reward()
     grads = fns["forward_and_backward"](params, batch)
     opt_state = loop.state.opt_state
     for name in ("forward", "forward_and_backward"):
@@ -162,7 +161,7 @@ def main() -> None:
     logits = fns["forward"](params, batch)
     seconds["log_probs"] = best(lambda: jax.block_until_ready(fns["log_probs"](logits, batch)), r)
     seconds["optimizer"] = best(lambda: jax.block_until_ready(fns["optimizer"](grads, opt_state, params)), r)
-    seconds["update"] = best(lambda: loop.update(host, rollout), r)  # the real jitted step (state donated)
+    seconds["update"] = best(lambda: loop.update(batch), r)  # the real jitted step (state donated)
     logps_args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
     seconds["old_logps_pass"] = best(lambda: jax.block_until_ready(loop.logps_fn(loop.state.params, *logps_args)), r)
     seconds["weight_push"] = best(lambda: loop.backend.push_weights(loop.state.params), r)

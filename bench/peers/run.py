@@ -38,6 +38,11 @@ Where a trainer departs from the letter of the workload, and why:
   machine shared with other processes that turns any contention into a collapse: alternating TRL runs
   under the same load took 16-41 s a step with the default policy and 4.5-5.9 s with PASSIVE. The
   setting is passed to every trainer (JAX does not use OpenMP).
+- This trainer accumulates the update's gradient over micro-batches of 4 rows (train.micro_batch_size=4;
+  the same update, exactly: tests/trainer/test_trainer_train_step.py), which keeps the backward's working
+  set in the CPU's caches; TRL and tunix take their 16 rows at once (TRL could accumulate too, with
+  gradient_accumulation_steps=4 and per_device_train_batch_size=4; not measured). `trainer_plain` is this
+  trainer as issue 12 found it (scanned layers, Gumbel-max, one micro-batch of 16), for reference.
 - Phases: "rollout" is generation + decoding + reward + advantages, timed around each trainer's own
   method (TRL `_generate_and_score_completions`, tunix `_generate_and_compute_advantage`; this
   trainer: step - update - weight push); "update" is the rest of the step for TRL (step - rollout),
@@ -66,8 +71,12 @@ TRAINERS = {
     "tunix": ("tunix", "run_tunix.py", []),
     "trainer": (None, "run_trainer.py", []),
     "trl_longest": ("trl", "run_trl.py", ["--pad", "longest"]),
+    # Issue 12's starting point: scanned layers, Gumbel-max draws, the update in one micro-batch of 16 rows.
+    "trainer_plain": (None, "run_trainer.py", ["--name", "trainer_plain", "--set", "model.layer_loop=scan",
+                                               "--set", "rollout.sampling_method=gumbel",
+                                               "--set", "train.micro_batch_size=16"]),
 }
-PEERS = ["trl", "tunix"]  # trl_longest is shown, but not a like-for-like peer
+PEERS = ["trl", "tunix"]  # trl_longest and trainer_plain are shown, but are not peers
 OURS = "trainer"
 
 

@@ -2,7 +2,7 @@
 same `load_config` / `start` / `GRPOLoop.train_one_step` the `trainer` CLI runs, with the workload as
 `--set` values and the per-phase seconds every step already reports.
 
-    .venv/bin/python bench/peers/run_trainer.py --workdir DIR --run N --out FILE [--set key=value ...]
+    .venv/bin/python bench/peers/run_trainer.py --workdir DIR --run N --out FILE [--name NAME] [--set key=value ...]
 
 Phases: update = `time/update_s` (the jitted train step, ending with its metrics on the host), rollout =
 step - update - weight push (generation, decoding, reward, advantages, the step's report).
@@ -19,8 +19,9 @@ import jax
 import numpy as np
 import workload
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
-from trainer.loop import GRPOLoop, StopSignal, resolve_auto_values
+from trainer.loop import GRPOLoop, StopSignal
 from trainer.runtime import start
 
 
@@ -28,11 +29,11 @@ def workload_sets(workdir: Path, steps: int, out_dir: str) -> list[str]:
     return [
         f"model_path={workdir / 'model'}", f"steps={steps}", f"out_dir={out_dir}", "checkpoint.resume=false",
         "data.source=gsm8k", f"data.path={workdir / 'gsm8k'}", "data.shuffle=false", "data.system_prompt=",
-        f"rollout.batch_size={workload.PROMPTS_PER_STEP}", f"rollout.num_pre_q={workload.GROUP}",
-        f"rollout.global_length={workload.PROMPT_LEN}", f"rollout.max_length_sample={workload.NEW_TOKENS}",
+        f"rollout.batch_size={workload.PROMPTS_PER_STEP}", f"rollout.group_size={workload.GROUP}",
+        f"rollout.prompt_length={workload.PROMPT_LEN}", f"rollout.max_new_tokens={workload.NEW_TOKENS}",
         f"rollout.temperature={workload.TEMPERATURE}", "rollout.top_k=-1", "rollout.top_p=1.0",
         "rollout.ignore_eos=true", "rollout.backend=jax",
-        f"train.micro_batch_size={workload.PROMPTS_PER_STEP * workload.GROUP}", "train.loss_type=grpo",
+        "train.micro_batch_size=4", "train.loss_type=grpo",  # see run.py's docstring
         "train.beta=0.0", "train.epsilon_low=0.2", "train.epsilon_high=0.2", "train.num_iterations=1",
         "train.scale_rewards=group",
         "optim.name=adamw", f"optim.learning_rate={workload.LEARNING_RATE:.1e}", "optim.warmup_steps=0",
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=workload.STEPS)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (experiments)")
+    parser.add_argument("--name", default="trainer", help="the run's name in the JSON line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         config = load_config(None, environ={}, sets=workload_sets(args.workdir, args.steps, out_dir) + args.set)
@@ -78,7 +80,7 @@ def main() -> None:
     # Every row's generated length, from the loop's own report of the rollout mask.
     lengths = sorted({int(m["completions/min_length"]) for m in metrics} | {int(m["completions/max_length"])
                                                                               for m in metrics})
-    rec = workload.record("trainer", args.run, per_step, lengths, changed / sum(b.size for b, _ in pairs),
+    rec = workload.record(args.name, args.run, per_step, lengths, changed / sum(b.size for b, _ in pairs),
                           sum(bool(np.any(a != b)) for b, a in pairs), len(pairs), steps=args.steps,
                           weight_push_s=[round(m["time/weight_push_s"], 4) for m in metrics])
     args.out.write_text(json.dumps(rec))

@@ -27,14 +27,14 @@ import jax
 import workload
 from run import prepare
 from run_trainer import workload_sets
-from trainer.sampling import SamplingSettings
 
+from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
 from trainer.data import left_pad
-from trainer.loop import resolve_auto_values
 from trainer.model.load import build_model
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.jax_sampler import JaxSamplerBackend
+from trainer.rollout.sampling import SamplingSettings
 from trainer.rollout.sglang_jax import SglangJaxBackend
 from trainer.runtime import start
 from trainer.sharding import put_tree, tree_shardings

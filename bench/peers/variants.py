@@ -17,10 +17,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from trainer.sampling import prompt_positions
 
 from trainer.losses import per_token_loss
-from trainer.model.qwen2 import apply_rope, rope_angles
+from trainer.model.qwen2 import apply_rope, prompt_positions, rope_angles
 from trainer.train_step import TrainState
 
 NEG = jnp.finfo(jnp.float32).min
@@ -138,7 +137,7 @@ def split_micro(x, num_micro: int):
     return jnp.swapaxes(x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]), 0, 1)
 
 
-def make_update(cfg, optimizer, settings, rows: int, *, num_micro=1, exact_logits=False, one_hot=False,
+def make_update(cfg, optimizer, train, rows: int, *, num_micro=1, exact_logits=False, one_hot=False,
                 micro_scan=True, **forward_switches):
     """A jitted, donated GRPO update (beta 0, one iteration, loss_type grpo) with the given switches;
     micro_scan=False with one micro-batch calls the gradient directly instead of through a one-step scan."""
@@ -152,7 +151,7 @@ def make_update(cfg, optimizer, settings, rows: int, *, num_micro=1, exact_logit
             logits = forward(params, tokens, positions, key_valid, cfg, c + 1, **forward_switches)[:, :-1]
         logps, entropy = token_logps(logits, micro.completion_ids_NxC, one_hot)
         per_token, _ = per_token_loss(logps, jax.lax.stop_gradient(logps), micro.advantages_N, micro.ref_logps_NxC,
-                                      micro.rollout_logps_NxC, settings)
+                                      micro.rollout_logps_NxC, micro.completion_mask_NxC, train)
         mask = micro.loss_mask_NxC
         weights = mask / jnp.maximum(mask.sum(1, keepdims=True), 1.0) / rows  # loss_type grpo over the whole batch
         return jnp.sum(per_token * weights), jnp.sum(jax.lax.stop_gradient(entropy) * mask)

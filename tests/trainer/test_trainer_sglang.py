@@ -194,10 +194,20 @@ def test_engine_sizes_come_from_the_run(tiny_model_dir):
     config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
                           "rollout.prompt_length=100", "rollout.max_new_tokens=28", "model.dtype=float32")
     engine = resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
-    assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (129, 8, 8 * 130)
+    # The CPU's native attention: 4 running requests in a pool sized for them, one prompt per prefill chunk.
+    assert (engine.context_length, engine.max_running_requests, engine.max_total_tokens) == (129, 4, 4 * 130)
     assert (engine.dtype, engine.kv_cache_dtype, engine.tp_size, engine.attention_backend) == (
         "float32", "float32", 1, "native")
-    assert engine.precompile_bs_paddings == [2, 4, 8] and engine.chunked_prefill_size == 800
+    assert engine.precompile_bs_paddings == [2, 4] and engine.chunked_prefill_size == 100
+
+
+def test_engine_sizes_follow_the_rows_with_the_fa_backend(tiny_model_dir):
+    config = _tiny_config(tiny_model_dir, "rollout.batch_size=2", "rollout.group_size=4", "train.micro_batch_size=8",
+                          "rollout.prompt_length=100", "rollout.max_new_tokens=28", "model.dtype=float32",
+                          "rollout.sglang.attention_backend=fa")
+    engine = resolve_engine_section(config, Qwen2Config.from_dir(tiny_model_dir), CPU)
+    assert (engine.max_running_requests, engine.max_total_tokens, engine.chunked_prefill_size) == (8, 8 * 130, 800)
+    assert engine.precompile_bs_paddings == [2, 4, 8]
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -328,7 +338,7 @@ def test_three_grpo_steps_through_sglang_jax_and_no_process_left(tmp_path, tiny_
     stdout = "".join(lines)
     assert child.returncode == 0, stderr[-3000:]
     assert "\nrollout:\n  backend: sglang_jax\n" in stdout
-    assert "    max_total_tokens: 5120\n" in stdout  # 128 rows x (32 + 6 + 1 context + 1 page)
+    assert "    max_total_tokens: 160\n" in stdout  # 4 running requests x (32 + 6 + 1 context + 1 page)
     assert "    attention_backend: native\n" in stdout  # "auto" resolved for the CPU
     assert [m.group(1) for m in step_lines(stdout)] == ["0", "1", "2"]
     # Single-process mode: the scheduler and detokenizer are threads. The only child is W&B's service,

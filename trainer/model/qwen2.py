@@ -1,10 +1,23 @@
 """Qwen2 / Qwen2.5 decoder in Flax linen.
 
-Layers are stacked with `nn.scan` (parameters carry a leading layer axis) so that compile time does
-not grow with depth and the KV cache is one array per K and V. The same forward serves training
-(no cache, causal mask over the whole row) and sampling (a preallocated cache written at
-`write_index`). Rows are left-padded; `positions` count real tokens only, so a padded row computes
-exactly what the unpadded sequence would.
+The layers' parameters are stacked (a leading layer axis, as `nn.scan` makes them), whichever way the
+forward runs through them (`scan_layers`):
+- scanned (`nn.scan`): compile time does not grow with depth and the KV cache is one stacked array per
+  K and V. What a TPU wants: a 28-layer model compiles once per layer, not 28 times, and XLA's TPU
+  backend runs the loop body without extra copies.
+- unrolled (a Python loop over the layers, each reading its slice of the stacked parameters): XLA sees
+  the whole forward at once and every layer keeps its own KV cache, so a decode step writes and reads
+  each layer's keys in place instead of slicing them out of the stacked cache. On the 2-core CPU, on
+  the peer workload's 4-layer model, a decode step with inverse-CDF draws takes 0.94x (with Gumbel-max
+  1.03x) and the update 0.97x of the scan's (bench/peers/fast_paths.py): a small gain, measured on
+  small models only. Compile time grows with depth, which a small model does not notice.
+The same forward serves training (no cache, causal mask over the whole row) and sampling (a
+preallocated cache written at `write_index`). Keys and values are kept heads first ([batch, kv heads,
+positions, head_dim]), the layout the attention contractions read, so the cache is never transposed
+(the keys-after-positions layout before it spent a third of a CPU decode step copying each layer's
+keys out of the cache: bench/peers/op_profile.py rollout).
+Rows are left-padded; `positions` count real tokens only, so a padded row computes exactly what the
+unpadded sequence would.
 """
 
 from __future__ import annotations
@@ -67,15 +80,22 @@ class Qwen2Config:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer: [layers, batch, cache_len, kv_heads, head_dim]."""
+    """Keys and values of every layer, heads first: one stacked array [layers, batch, kv_heads, cache_len,
+    head_dim] each for scanned layers, or a tuple of one [batch, kv_heads, cache_len, head_dim] array per
+    layer for unrolled layers (`per_layer`)."""
 
-    k_LxBxSxKxD: jax.Array
-    v_LxBxSxKxD: jax.Array
+    keys: jax.Array | tuple[jax.Array, ...]
+    values: jax.Array | tuple[jax.Array, ...]
 
     @classmethod
-    def zeros(cls, config: Qwen2Config, batch: int, length: int, dtype) -> KVCache:
-        shape = (config.num_hidden_layers, batch, length, config.num_key_value_heads, config.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    def zeros(cls, config: Qwen2Config, batch: int, length: int, dtype, per_layer: bool = False) -> KVCache:
+        shape = (batch, config.num_key_value_heads, length, config.head_dim)
+        if per_layer:
+            layers = config.num_hidden_layers
+            return cls(tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+                       tuple(jnp.zeros(shape, dtype) for _ in range(layers)))
+        stacked = (config.num_hidden_layers, *shape)
+        return cls(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype))
 
 
 def prompt_positions(prompt_mask_NxP: jax.Array) -> jax.Array:
@@ -116,17 +136,34 @@ def _dense(features: int, use_bias: bool, dtype, param_dtype, name: str) -> nn.D
                     kernel_init=nn.initializers.normal(0.02), name=name)
 
 
-def attention(q_BxTxNxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS) -> jax.Array:
+def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS) -> jax.Array:
     """Grouped-query attention with a boolean mask; softmax in float32."""
     b, t, n, d = q_BxTxNxD.shape
-    kv_heads = k_BxSxKxD.shape[2]
+    kv_heads = k_BxKxSxD.shape[1]
     q = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k_BxKxSxD, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxD.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_BxKxSxD)
     return out.reshape(b, t, n * d)
+
+
+def write_kv(cache, k_BxKxTxD, v_BxKxTxD, layer_index, write_index):
+    """The cache with this layer's new keys and values written at write_index, and the layer's keys and
+    values to attend to. A stacked cache is written in place and its layer read back (slicing per layer
+    through scan outputs would copy the cache every step); a per-layer cache is this layer's alone."""
+    k_all, v_all = cache
+    if k_all.ndim == 4:
+        k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxD.astype(k_all.dtype), (0, 0, write_index, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxD.astype(v_all.dtype), (0, 0, write_index, 0))
+        return (k_all, v_all), k_all, v_all
+    start = (layer_index, 0, 0, write_index, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxD[None].astype(k_all.dtype), start)
+    v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxD[None].astype(v_all.dtype), start)
+    k = jax.lax.dynamic_index_in_dim(k_all, layer_index, keepdims=False)
+    v = jax.lax.dynamic_index_in_dim(v_all, layer_index, keepdims=False)
+    return (k_all, v_all), k, v
 
 
 class DecoderLayer(nn.Module):
@@ -144,18 +181,10 @@ class DecoderLayer(nn.Module):
         v = _dense(c.num_key_value_heads * c.head_dim, True, dt, pdt, "v_proj")(x)
         cos, sin = rope
         q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
-        k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
-        v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin).transpose(0, 2, 1, 3)
+        v = v.reshape(b, t, c.num_key_value_heads, c.head_dim).transpose(0, 2, 1, 3)
         if cache is not None:
-            # Write this layer's new keys/values into the whole stacked cache in place, then read the
-            # layer back; slicing per layer through scan outputs would copy the cache every step.
-            k_all, v_all = cache
-            start = (layer_index, 0, write_index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer_index, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer_index, keepdims=False)
-            cache = (k_all, v_all)
+            cache, k, v = write_kv(cache, k, v, layer_index, write_index)
         attn = attention(q, k.astype(dt), v.astype(dt), mask_BxTxS)
         hidden_BxTxH = hidden_BxTxH + _dense(c.hidden_size, False, dt, pdt, "o_proj")(attn)
         x = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(hidden_BxTxH)
@@ -188,15 +217,18 @@ class Qwen2ForCausalLM(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
+    scan_layers: bool = True  # False: a Python loop over the layers (the module docstring says when)
 
     @nn.compact
     def __call__(self, tokens_BxT, positions_BxT, key_valid_BxS, cache: KVCache | None = None,
-                 write_index: jax.Array | int = 0, logits_last_n: int | None = None):
-        """Logits of the last `logits_last_n` positions (all when None) and the updated cache.
+                 write_index: jax.Array | int = 0, logits_last_n: int | None = None, logits_skip_last: int = 0):
+        """Logits of `logits_last_n` positions (all when None) ending `logits_skip_last` before the last
+        one, and the updated cache.
 
         key_valid_BxS marks real tokens among the keys: the row itself when there is no cache,
         the whole cache otherwise. Query i sits at buffer index write_index + i and sees keys at
-        indices <= its own.
+        indices <= its own. The hidden states are cut to the wanted positions before the vocabulary
+        projection, so no logit is computed to be thrown away.
         """
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -207,18 +239,44 @@ class Qwen2ForCausalLM(nn.Module):
         causal_TxS = jnp.arange(s)[None, :] <= query_index_T[:, None]
         mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :].astype(bool)
         rope = rope_angles(positions_BxT, c.head_dim, c.rope_theta)
-        layers = nn.scan(
-            _ScannedLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
-        )(c, self.dtype, self.param_dtype, self.remat, name="layers")
-        stacked = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
-        (hidden, new_caches, _), _ = layers((hidden, stacked, jnp.int32(0)), rope, mask_BxTxS, write_index)
+        if self.scan_layers or self.is_initializing():  # init makes the stacked parameters either way
+            hidden, new_cache = self._scanned(hidden, cache, rope, mask_BxTxS, write_index)
+        else:
+            hidden, new_cache = self._unrolled(hidden, cache, rope, mask_BxTxS, write_index)
         hidden = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
         if logits_last_n is not None:
-            hidden = hidden[:, -logits_last_n:]
+            end = hidden.shape[1] - logits_skip_last
+            hidden = hidden[:, end - logits_last_n:end]
         if c.tie_word_embeddings:
             logits = embed.attend(hidden)
         else:
             logits = _dense(c.vocab_size, False, self.dtype, self.param_dtype, "lm_head")(hidden)
-        new_cache = None if cache is None else KVCache(*new_caches)
         return logits.astype(jnp.float32), new_cache
+
+    def _scanned(self, hidden, cache, rope, mask_BxTxS, write_index):
+        layers = nn.scan(
+            _ScannedLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.config.num_hidden_layers,
+        )(self.config, self.dtype, self.param_dtype, self.remat, name="layers")
+        stacked = None if cache is None else (cache.keys, cache.values)
+        (hidden, new_caches, _), _ = layers((hidden, stacked, jnp.int32(0)), rope, mask_BxTxS, write_index)
+        return hidden, None if cache is None else KVCache(*new_caches)
+
+    def _unrolled(self, hidden, cache, rope, mask_BxTxS, write_index):
+        """The layers one after another, each applying `DecoderLayer` to its slice of the stacked
+        parameters (the same parameters and the same computation as the scan), each with its own cache."""
+        stacked = self.variables["params"]["layers"]["layer"]
+        layer = DecoderLayer(self.config, self.dtype, self.param_dtype, parent=None)  # applied, not a child
+
+        def run(layer_params, hidden, layer_cache, index):
+            return layer.apply({"params": layer_params}, hidden, layer_cache, index, rope, mask_BxTxS, write_index)
+
+        run = jax.checkpoint(run, static_argnums=(3,)) if self.remat else run
+        keys, values = [], []
+        for index in range(self.config.num_hidden_layers):
+            layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
+            hidden, layer_cache = run(jax.tree.map(lambda a, i=index: a[i], stacked), hidden, layer_cache, index)
+            if layer_cache is not None:
+                keys.append(layer_cache[0])
+                values.append(layer_cache[1])
+        return hidden, None if cache is None else KVCache(tuple(keys), tuple(values))

@@ -13,7 +13,7 @@ from trainer.config import TrainerConfig
 from trainer.model.qwen2 import Qwen2ForCausalLM
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
-from trainer.rollout.sampling import SamplingSettings, generate
+from trainer.rollout.sampling import SamplingSettings, generate, sampling_method
 from trainer.runtime import Runtime
 
 
@@ -21,19 +21,21 @@ class JaxSamplerBackend(RolloutBackend):
     name = "jax"
 
     def __init__(self, model: Qwen2ForCausalLM, mesh: Mesh, stop_ids: list[int], pad_id: int,
-                 prefill_buckets: list[int]):
+                 prefill_buckets: list[int], inverse_cdf: bool = False):
         self.model = model
         self.mesh = mesh
         self.stop_ids = tuple(stop_ids)
         self.pad_id = pad_id
         self.prefill_buckets = sorted(prefill_buckets)
+        self.inverse_cdf = inverse_cdf
         self.params = None
 
     @classmethod
     def create(cls, config: TrainerConfig, model: Qwen2ForCausalLM, runtime: Runtime, tokenizer: ChatTokenizer,
                model_dir: Path) -> JaxSamplerBackend:
         return cls(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id,
-                   config.rollout.prefill_buckets or [config.rollout.prompt_length])
+                   config.rollout.prefill_buckets or [config.rollout.prompt_length],
+                   sampling_method(config.rollout.sampling_method, runtime.platform) == "inverse_cdf")
 
     def push_weights(self, params) -> None:
         # Same devices and layout as the trainer: holding a reference is the whole push.
@@ -53,6 +55,7 @@ class JaxSamplerBackend(RolloutBackend):
         mask = sharding.global_rows(np.ascontiguousarray(prompt_mask_NxP[:, -bucket:]), self.mesh)
         outputs = generate(self.model, self.params, ids, mask, jax.random.key(seed), np.float32(settings.temperature),
                            max_new_tokens=settings.max_new_tokens, top_k=settings.top_k, top_p=settings.top_p,
-                           stop_ids=() if settings.ignore_eos else self.stop_ids, pad_id=self.pad_id)
+                           stop_ids=() if settings.ignore_eos else self.stop_ids, pad_id=self.pad_id,
+                           inverse_cdf=self.inverse_cdf)
         ids_NxC, mask_NxC, logps_NxC = (sharding.local_rows(x, self.mesh) for x in outputs)
         return RolloutOutput(ids_NxC.astype(np.int32), mask_NxC.astype(np.int32), logps_NxC.astype(np.float32))

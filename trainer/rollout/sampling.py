@@ -4,6 +4,14 @@ stops once every row has produced a stop token.
 
 Log-probs are those of the temperature-scaled distribution before top-k / top-p truncation, the
 same quantity the trainer computes (and sglang-jax returns); greedy rows use temperature 1.
+
+A token is drawn by Gumbel-max (`jax.random.categorical`) or by inverse CDF (`rollout.sampling_method`):
+the same distribution, different draws for one seed. Inverse CDF is a cumulative sum over the vocabulary
+and a count, where Gumbel-max draws a Gumbel variate per vocabulary entry and takes an argmax; on the
+CPU the count is the cheaper of the two (a whole decode step 0.85x, bench/peers/fast_paths.py).
+Gumbel-max stays the default elsewhere: on a TPU its argmax is one cheap reduction while a cumulative
+sum over a 150k vocabulary is a log-depth scan, and it is exact in the far tail, where a float32
+cumulative sum cannot separate tokens whose probability is below about 1e-7 of the total.
 """
 
 from __future__ import annotations
@@ -26,6 +34,13 @@ class SamplingSettings:
     ignore_eos: bool = False  # stop tokens are ordinary tokens: every row gets max_new_tokens
 
 
+def sampling_method(name: str, platform: str) -> str:
+    """`rollout.sampling_method: auto`: inverse_cdf on the CPU, gumbel elsewhere (the module docstring says why)."""
+    if name == "auto":
+        return "inverse_cdf" if platform == "cpu" else "gumbel"
+    return name
+
+
 def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
     """Set logits outside the top-k and outside the smallest top-p nucleus to -inf."""
     neg_inf = jnp.finfo(logits_NxV.dtype).min
@@ -42,24 +57,38 @@ def truncate_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Arra
     return jnp.where(logits_NxV < threshold, neg_inf, logits_NxV)
 
 
-def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int):
+def inverse_cdf_draw(logits_NxV: jax.Array, rng) -> jax.Array:
+    """One token per row from softmax(logits): the first index whose cumulative probability reaches a
+    uniform draw u in (0, total], so a token of zero probability (truncated) is never drawn."""
+    cdf_NxV = jnp.cumsum(jax.nn.softmax(logits_NxV, axis=-1), axis=-1)
+    u_Nx1 = (1.0 - jax.random.uniform(rng, (logits_NxV.shape[0], 1))) * cdf_NxV[:, -1:]
+    return jnp.minimum(jnp.sum(cdf_NxV < u_Nx1, axis=-1), logits_NxV.shape[-1] - 1)
+
+
+def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int, inverse_cdf: bool = False):
     """Next tokens and their log-probs under the temperature-scaled, untruncated distribution."""
     greedy = temperature <= 0
     scaled = logits_NxV / jnp.where(greedy, 1.0, temperature)
-    sampled = jax.random.categorical(rng, truncate_logits(scaled, top_k, top_p), axis=-1)
+    truncated = truncate_logits(scaled, top_k, top_p)
+    if inverse_cdf:
+        sampled = inverse_cdf_draw(truncated, rng)
+    else:
+        sampled = jax.random.categorical(rng, truncated, axis=-1)
     tokens = jnp.where(greedy, jnp.argmax(logits_NxV, axis=-1), sampled).astype(jnp.int32)
     logps = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
     return tokens, logps
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id",
+                                             "inverse_cdf"))
 def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, *,
-             max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int):
+             max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int,
+             inverse_cdf: bool = False):
     """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
     and per-token log-probs (0 where masked)."""
     n, p = prompt_ids_NxP.shape
     c = max_new_tokens
-    cache = KVCache.zeros(model.config, n, p + c, model.dtype)
+    cache = KVCache.zeros(model.config, n, p + c, model.dtype, per_layer=not model.scan_layers)
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
     logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP),
                                 key_valid_NxS, cache, 0, logits_last_n=1)
@@ -73,7 +102,7 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
     def body(state):
         t, cache, last_logits, ids, mask, logps, done_N, rng = state
         rng, step_rng = jax.random.split(rng)
-        token_N, logp_N = sample_next(last_logits, step_rng, temperature, top_p, top_k)
+        token_N, logp_N = sample_next(last_logits, step_rng, temperature, top_p, top_k, inverse_cdf)
         live_N = ~done_N
         ids = ids.at[:, t].set(jnp.where(live_N, token_N, pad_id))
         mask = mask.at[:, t].set(live_N.astype(jnp.int32))

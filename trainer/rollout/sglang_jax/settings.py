@@ -2,8 +2,9 @@
 refused before the engine starts, and the keyword arguments the engine is started with.
 
 Sizing: the KV pool defaults to about half of the memory in sglang-jax, so it is always capped at what
-the run needs (rows per process x context length); the context is the prompt bucket plus the new
-tokens; running requests and the prefill chunk follow the rows per process. The overlap scheduler
+the run needs (running requests x context length); the context is the prompt bucket plus the new
+tokens; running requests and the prefill chunk follow the rows per process, except with the native
+attention backend (the CPU's): see `NATIVE_RUNNING_REQUESTS`. The overlap scheduler
 stays off unless rollout.sglang.overlap_schedule is set: with it about half of the engine starts on CPU
 return log-probs (and samples) that disagree with the weights by up to 0.5 nats.
 """
@@ -24,6 +25,15 @@ from trainer.runtime import Runtime, free_device_bytes
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "bf16": 2}
 _MAX_CHUNKED_PREFILL = 16384
+# The native attention backend (the only one on CPU) re-lays out the whole KV pool in every layer of every
+# forward and attends each token to every running request's tokens under a block-diagonal mask, so a
+# forward costs about running requests x pool size, and a prefill chunk's cost grows with its square.
+# Its defaults therefore run a few requests at a time, in a pool sized for them, and prefill one prompt
+# per chunk. On the peer workload (16 rows, 128 + 64 tokens; bench/peers/sglang_profile.py, one run) that
+# took a rollout from 5.7x to 3.1x the built-in sampler's time; 2 running requests were slower (7.3x, the
+# per-forward overhead wins). The fa backend (TPU) reads only each request's own pages and keeps the
+# rows-per-process defaults.
+NATIVE_RUNNING_REQUESTS = 4
 
 
 def kv_bytes_per_token(model: Qwen2Config, kv_dtype: str) -> int:
@@ -49,7 +59,8 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
     """Engine settings with every auto / 0 value sized from this run; impossible sizes fail here."""
     s, rollout = config.rollout.sglang, config.rollout
     rows = config.rows // runtime.process_count
-    context, running, total = _sizes(s, rollout, rows)
+    native = _attention_backend(s, runtime.platform) == "native"
+    context, running, total = _sizes(s, rollout, rows, native)
     dtype, kv_dtype = _dtypes(s, config.model.dtype)
     tp = _tp_size(s, runtime)
     _check_pool_fits(total, kv_bytes_per_token(model, kv_dtype) * total // tp, runtime.platform)
@@ -58,12 +69,13 @@ def resolve_engine_section(config: TrainerConfig, model: Qwen2Config, runtime: R
         kv_cache_dtype=kv_dtype, tp_size=tp,
         # The pool is capped by max_total_tokens; the fraction only has to leave that much room.
         mem_fraction_static=s.mem_fraction_static or 0.9,
-        chunked_prefill_size=s.chunked_prefill_size or min(rows * rollout.prompt_length, _MAX_CHUNKED_PREFILL),
+        chunked_prefill_size=s.chunked_prefill_size or min((1 if native else rows) * rollout.prompt_length,
+                                                           _MAX_CHUNKED_PREFILL),
         attention_backend=_attention_backend(s, runtime.platform),
         precompile_bs_paddings=s.precompile_bs_paddings or _powers_of_two(MIN_DECODE_BATCH, running)))
 
 
-def _sizes(s: SglangSection, rollout, rows: int) -> tuple[int, int, int]:
+def _sizes(s: SglangSection, rollout, rows: int, native: bool) -> tuple[int, int, int]:
     """Context length, running requests and KV pool tokens."""
     # The engine rejects a request whose prompt + max_new_tokens reaches context_length.
     needed_context = rollout.prompt_length + rollout.max_new_tokens + 1
@@ -71,11 +83,11 @@ def _sizes(s: SglangSection, rollout, rows: int) -> tuple[int, int, int]:
     if context < needed_context:
         raise ConfigError(f"rollout.sglang.context_length: expected at least rollout.prompt_length + "
                           f"rollout.max_new_tokens + 1 = {needed_context}, received {context}")
-    running = s.max_running_requests or max(rows, MIN_DECODE_BATCH)
+    running = s.max_running_requests or max(min(rows, NATIVE_RUNNING_REQUESTS) if native else rows, MIN_DECODE_BATCH)
     if running < MIN_DECODE_BATCH:
         raise ConfigError(f"rollout.sglang.max_running_requests: expected at least {MIN_DECODE_BATCH} (sglang-jax "
                           f"{VERSION} fails to decode a batch of one), received {running}")
-    total = s.max_total_tokens or rows * (context + s.page_size)
+    total = s.max_total_tokens or min(rows, running) * (context + s.page_size)
     if total < context:
         raise ConfigError(f"rollout.sglang.max_total_tokens: expected at least one request's context of "
                           f"{context} tokens, received {total}")
