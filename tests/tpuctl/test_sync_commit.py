@@ -72,6 +72,22 @@ def test_a_project_outside_git_is_synced_without_a_comparison(project1):
     assert "your HEAD" not in result.out
 
 
+def test_a_project_in_another_repository_is_not_compared(project1, tmp_path):
+    """tpuctl.toml kept in an infra repository: its state says nothing about what the workers run."""
+    infra = tmp_path / "infra.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(infra), cwd=tmp_path)
+    folder = project1.folder
+    git("init", "--quiet", "--initial-branch=main", cwd=folder)
+    git("remote", "add", "origin", str(infra), cwd=folder)
+    git("add", "tpuctl.toml", cwd=folder)
+    git(*COMMIT, "-m", "infra, never pushed", cwd=folder)
+    result = run("sync")
+    assert result.code == 0, result.all
+    assert f"local checkout {folder}: its origin {infra} is not repo_url {project1.origin}" in result.out
+    assert "your HEAD" not in result.out
+    assert git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo")) == git("rev-parse", "main", cwd=project1.origin)
+
+
 def test_launch_records_the_workers_commit_and_status_shows_it(project1):
     assert run("sync").code == 0
     head = git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo"))
