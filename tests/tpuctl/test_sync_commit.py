@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import git
 from tests.tpuctl.helpers import run
+from tpuctl.console import TpuctlError
+from tpuctl.ops.sync import parse_synced
 
 COMMIT = ("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet")
 
@@ -106,3 +108,23 @@ def test_smoke_refuses_what_the_workers_would_miss_too(laptop):
     result = run("smoke")
     assert result.code == 2 and expected in result.err and "--allow-unpushed" in result.err, result.all
     assert not laptop.remote(0, "~/repo").exists()
+
+
+SHA1, SHA256 = "0123456789abcdef" * 2 + "01234567", "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("head", [SHA1, SHA256])
+def test_a_worker_head_is_a_full_object_name(head):
+    assert parse_synced(f"head={head}\nstatus=## main...origin/main\n").head == head
+
+
+@pytest.mark.parametrize("head", ["--output=/tmp/pwned", "HEAD", "main", SHA1[:-1], SHA1.upper(), SHA1 + "0",
+                                  f"{SHA1}...main", f"{SHA1} --", "", "\u0660" * 40])
+def test_a_worker_head_that_is_not_an_object_name_is_an_unreadable_answer(head):
+    with pytest.raises(TpuctlError, match="unreadable answer from the sync: head="):
+        parse_synced(f"head={head}\nstatus=## main\n")
+
+
+def test_a_refusal_carries_no_head():
+    synced = parse_synced("refused=origin/main stores files in Git LFS\n")
+    assert synced.refused and synced.head == ""
