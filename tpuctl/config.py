@@ -57,6 +57,8 @@ _CONDA_ENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|(?:/|~/)[^\x00-\x1f\
 _REPO_URL = re.compile(r"(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f]+"
                        r"|(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*:(?!:)[^\s\x00-\x1f\x7f]+"
                        r"|/[^\x00-\x1f\x7f]*)")
+# The userinfo of a scheme://userinfo@host URL, up to the last '@' before the path (as git reads it).
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/]*)@")
 _EXTRA = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 _PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 BACKENDS = ("tpu", "cpu", "gpu")
@@ -152,8 +154,7 @@ class Target:
                "the name of an extra of pyproject.toml, such as 'tpu' or 'cpu' (empty: none)")
         _check(_PYTHON_VERSION.fullmatch(self.python_version), "python_version", self.python_version,
                "a Python version as major.minor, such as '3.12'")
-        _check(not self.repo_url or _REPO_URL.fullmatch(self.repo_url), "repo_url", self.repo_url,
-               "a git URL (https://, ssh://, git://, file://), user@host:path or an absolute path")
+        self._check_repo_url()
         _check(not _CONTROL.search(self.deploy_key), "deploy_key", self.deploy_key, "a path without control characters")
         for line in self.git_host_keys:
             _check(_valid_known_host(line), "git_host_keys", line,
@@ -166,6 +167,15 @@ class Target:
                "a command using only the placeholders " + " ".join(f"{{{p}}}" for p in PROXY_PLACEHOLDERS))
         _check(not self.tpu_api_endpoint or self.tpu_api_endpoint.startswith(("http://", "https://")),
                "tpu_api_endpoint", self.tpu_api_endpoint, "a URL such as https://tpu.googleapis.com")
+
+    def _check_repo_url(self) -> None:
+        """A git URL that carries no password: one would land in .git/config, ps and every message naming it."""
+        userinfo = _URL_USERINFO.match(self.repo_url)
+        shown = redact_url(self.repo_url)
+        _check(not (userinfo and ":" in userinfo["userinfo"]), "repo_url", shown,
+               "a URL without credentials; put the token in GIT_TOKEN in .env")
+        _check(not self.repo_url or _REPO_URL.fullmatch(self.repo_url), "repo_url", shown,
+               "a git URL (https://, ssh://, git://, file://), user@host:path or an absolute path")
 
     @property
     def remote_repo(self) -> str:
@@ -184,6 +194,11 @@ class Target:
     def proxy_template(self) -> str:
         """The ProxyCommand every SSH connection goes through: proxy_command, else IAP's when asked for."""
         return self.proxy_command or (IAP_PROXY_COMMAND if self.tunnel_through_iap else "")
+
+
+def redact_url(url: str) -> str:
+    """`url` with the userinfo of a scheme://userinfo@host URL replaced by ***, for messages."""
+    return _URL_USERINFO.sub(lambda found: found["scheme"] + "***@", url, count=1)
 
 
 def _check(ok: Any, key: str, value: Any, expected: str) -> None:

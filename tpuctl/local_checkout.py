@@ -4,16 +4,23 @@
 that were never committed, or another branch checked out here mean the VM runs something else than
 this checkout: `inspect_checkout` finds each of them, with plain git, before anything changes.
 Untracked files are not counted (build outputs, notebooks and the .env live there).
+All of this holds only when the checkout is a clone of repo_url: `same_repository` says whether it is
+(tpuctl.toml may live in a separate infrastructure repository, whose state says nothing of the workers').
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 SHOWN_COMMITS = 5  # short hashes named in the one-line message; the rest are counted
 SHOWN_FILES = 3
+
+# scheme://[userinfo@]host[:port][/path] and scp-like [user@]host:path, as git tells them apart.
+_SCHEME_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/]*@)?(?P<host>\[[^\]/]*\]|[^/:]*)(?::\d*)?(?P<path>/.*)?")
+_SCP_LIKE = re.compile(r"(?:[^@/:]+@)?(?P<host>[^/:]+):(?P<path>.*)")
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class LocalCheckout:
     upstream: str  # full hash of refs/remotes/origin/BRANCH; "" when this checkout has none
     unpushed: tuple[str, ...] = ()  # short hashes of HEAD's commits that origin/BRANCH lacks, newest first
     dirty: tuple[str, ...] = ()  # tracked paths with uncommitted changes (staged or not)
+    origin_url: str = ""  # remote.origin.url as configured here; "" when there is no origin
 
     @property
     def short_head(self) -> str:
@@ -61,6 +69,21 @@ def _listed(items: tuple[str, ...], shown: int) -> str:
     return ", ".join(items[:shown]) + more
 
 
+def repository_key(url: str) -> tuple[str, str]:
+    """(host, path) that names the repository `url` points at, whatever the transport, user, port, trailing
+    slash or .git suffix: git@github.com:o/r.git, ssh://git@github.com/o/r and https://github.com/o/r/ agree."""
+    url = url.strip()
+    found = _SCHEME_URL.fullmatch(url) or (None if url.startswith("/") else _SCP_LIKE.fullmatch(url))
+    host, path = (found["host"].lower(), found["path"] or "") if found else ("", url)
+    path = path.rstrip("/").removesuffix(".git").rstrip("/")
+    return host, path.lstrip("/").removeprefix("~/")
+
+
+def same_repository(url: str, other: str) -> bool:
+    """Whether two git URLs name one repository (an empty URL names none)."""
+    return bool(url.strip() and other.strip()) and repository_key(url) == repository_key(other)
+
+
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False)
 
@@ -90,7 +113,8 @@ def inspect_checkout(folder: Path, branch: str) -> LocalCheckout | None:
     if head and upstream:
         unpushed = tuple(_out(root, "rev-list", "--abbrev-commit", "--abbrev=7", head, "--not", upstream).split())
     return LocalCheckout(folder=root, branch=_out(root, "symbolic-ref", "--quiet", "--short", "HEAD"), head=head,
-                         wanted_branch=branch, upstream=upstream, unpushed=unpushed, dirty=_dirty_tracked(root))
+                         wanted_branch=branch, upstream=upstream, unpushed=unpushed, dirty=_dirty_tracked(root),
+                         origin_url=_out(root, "config", "--get", "remote.origin.url"))
 
 
 def _dirty_tracked(root: Path) -> tuple[str, ...]:

@@ -143,3 +143,32 @@ def startup_imports(args: list[str]) -> tuple[str, list[str]]:
     out = subprocess.run([sys.executable, "-c", _STARTUP_PROBE, json.dumps(args)], capture_output=True, text=True,
                          check=True).stdout
     return out, json.loads(out.split("MODULES=")[1])
+
+
+def fail_the_copy_then_drop_the_cleanup(monkeypatch, worker: SshdWorker) -> list[BaseException]:
+    """A copy over SFTP fails for real (its temporary file vanishes before the write), then the worker's sshd
+    sessions are killed as the cleanup removes that file: paramiko raises SSHException for the dropped
+    connection there. Returns the cleanup's errors, so a test can see the drop really happened."""
+    import signal
+
+    import paramiko
+
+    original_open, original_remove = paramiko.SFTPClient.open, paramiko.SFTPClient.remove
+    cleanup_errors: list[BaseException] = []
+
+    def vanishing_open(self, filename, mode="r", bufsize=-1):
+        Path(filename).unlink()  # the worker is this machine: the temporary file goes away before the write
+        return original_open(self, filename, mode, bufsize)
+
+    def dropping_remove(self, path):
+        for pid in worker.session_pids():
+            os.kill(pid, signal.SIGKILL)
+        try:
+            return original_remove(self, path)
+        except BaseException as exc:
+            cleanup_errors.append(exc)
+            raise
+
+    monkeypatch.setattr(paramiko.SFTPClient, "open", vanishing_open)
+    monkeypatch.setattr(paramiko.SFTPClient, "remove", dropping_remove)
+    return cleanup_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,32 @@ def test_a_project_file_that_is_not_utf8_is_one_line(project1):
     assert result.code == 2
     assert "tpuctl.toml: expected UTF-8 text, found byte 0xe9 at offset" in result.err
     assert len(result.err.strip().splitlines()) == 1
+
+
+CREDENTIAL_URLS = [
+    "https://x-access-token:ghp_SECRET@github.com/o/r.git",
+    "http://me:ghp_SECRET@git.example.com:8080/o/r",
+    "ssh://git:ghp_SECRET@github.com/o/r.git",
+    "https://x-access-token:ghp_SECRET@github.com/o/r\tx",  # also fails the URL pattern: still redacted
+]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+def test_a_password_in_repo_url_is_refused_without_echoing_it(project1, url):
+    project1.write_env()
+    assert run("sync").code == 0
+    before = snapshot(project1)
+    result = run("--set", f"repo_url={url}", "sync", "--dry-run")
+    assert result.code == 2, result.all
+    assert "repo_url: expected a URL without credentials; put the token in GIT_TOKEN in .env" in result.err
+    assert "***@" in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert "ghp_SECRET" not in result.all
+    assert snapshot(project1) == before
+
+
+def test_a_user_name_alone_in_repo_url_is_accepted(project1):
+    project1.write_config(repo_path="", repo_url="https://x-access-token@github.com/acme/grpo-tpu.git")
+    result = run("config", "--json")
+    assert result.code == 0, result.all
+    assert json.loads(result.out)["remote_repo"] == "~/grpo-tpu"

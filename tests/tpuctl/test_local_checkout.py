@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import git
-from tpuctl.local_checkout import compare_heads, inspect_checkout
+from tpuctl.local_checkout import compare_heads, inspect_checkout, same_repository
 
 
 def _commit(work: Path, name: str, text: str) -> str:
@@ -93,3 +93,30 @@ def test_workers_on_a_commit_this_checkout_lacks(clone, tmp_path):
 
 def test_outside_a_work_tree_there_is_nothing_to_inspect(tmp_path):
     assert inspect_checkout(tmp_path, "main") is None
+
+
+@pytest.mark.parametrize("origin_url, repo_url", [
+    ("git@github.com:acme/grpo.git", "https://github.com/acme/grpo"),
+    ("https://github.com/acme/grpo/", "https://github.com/acme/grpo.git"),
+    ("ssh://git@github.com/acme/grpo.git", "git@github.com:acme/grpo"),
+    ("ssh://git@github.com:22/acme/grpo.git/", "https://x-access-token@GitHub.com/acme/grpo"),
+    ("/srv/git/grpo.git", "file:///srv/git/grpo"),
+])
+def test_the_same_repository_written_differently_is_the_same(origin_url, repo_url):
+    assert same_repository(origin_url, repo_url)
+
+
+@pytest.mark.parametrize("origin_url, repo_url", [
+    ("git@github.com:acme/infra.git", "https://github.com/acme/grpo.git"),
+    ("https://gitlab.com/acme/grpo.git", "https://github.com/acme/grpo.git"),
+    ("/srv/git/grpo.git", "/srv/other/grpo.git"),
+    ("", "https://github.com/acme/grpo.git"),
+])
+def test_another_repository_is_not_the_same(origin_url, repo_url):
+    assert not same_repository(origin_url, repo_url)
+
+
+def test_the_checkout_records_its_origin_url(clone, origin):
+    assert inspect_checkout(clone, "main").origin_url == str(origin)
+    git("remote", "remove", "origin", cwd=clone)
+    assert inspect_checkout(clone, "main").origin_url == ""

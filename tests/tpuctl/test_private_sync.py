@@ -13,10 +13,11 @@ import subprocess
 import threading
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from tests.helpers import git, next_address, wait_for
-from tests.tpuctl.helpers import WANDB_KEY, run
+from tests.tpuctl.helpers import WANDB_KEY, fail_the_copy_then_drop_the_cleanup, run
 from tpuctl.sim.git_server import HttpGitServer, SshGitServer
 from tpuctl.sim.sshd import keygen
 
@@ -178,6 +179,19 @@ def test_a_deploy_key_is_copied_like_the_env_and_used_for_this_repository_only(p
     assert not list(copied.parent.glob("*.tpuctl-*"))  # no temporary file left
     assert deploy.read_text().splitlines()[1] not in result.all
     assert "sshCommand" not in (repo / ".git" / "config").read_text()
+
+
+def test_a_connection_dropped_during_the_deploy_keys_cleanup_does_not_hide_the_copy_error(
+        project1, ssh_git, origin, tmp_path, monkeypatch):
+    deploy = keygen(tmp_path / "grpo_deploy", comment="deploy")
+    server = ssh_git(deploy.with_suffix(".pub"))
+    project1.write_config(repo_url=server.url(origin), deploy_key=str(deploy), git_host_keys=[server.known_hosts_line])
+    cleanup_errors = fail_the_copy_then_drop_the_cleanup(monkeypatch, project1.workers[0])
+    result = run("sync")
+    assert result.code == 1, result.all
+    assert cleanup_errors and type(cleanup_errors[0]) is paramiko.SSHException, cleanup_errors
+    assert "FileNotFoundError" in result.err and "SSHException" not in result.all, result.all
+    assert not project1.remote(0, "~/repo").exists()
 
 
 def test_a_deploy_key_with_a_passphrase_is_refused_before_any_worker_changes(project1, ssh_git, origin, tmp_path):

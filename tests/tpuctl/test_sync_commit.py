@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import git
 from tests.tpuctl.helpers import run
+from tpuctl.console import TpuctlError
+from tpuctl.ops.sync import parse_synced
 
 COMMIT = ("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet")
 
@@ -72,6 +74,22 @@ def test_a_project_outside_git_is_synced_without_a_comparison(project1):
     assert "your HEAD" not in result.out
 
 
+def test_a_project_in_another_repository_is_not_compared(project1, tmp_path):
+    """tpuctl.toml kept in an infra repository: its state says nothing about what the workers run."""
+    infra = tmp_path / "infra.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(infra), cwd=tmp_path)
+    folder = project1.folder
+    git("init", "--quiet", "--initial-branch=main", cwd=folder)
+    git("remote", "add", "origin", str(infra), cwd=folder)
+    git("add", "tpuctl.toml", cwd=folder)
+    git(*COMMIT, "-m", "infra, never pushed", cwd=folder)
+    result = run("sync")
+    assert result.code == 0, result.all
+    assert f"local checkout {folder}: its origin {infra} is not repo_url {project1.origin}" in result.out
+    assert "your HEAD" not in result.out
+    assert git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo")) == git("rev-parse", "main", cwd=project1.origin)
+
+
 def test_launch_records_the_workers_commit_and_status_shows_it(project1):
     assert run("sync").code == 0
     head = git("rev-parse", "HEAD", cwd=project1.remote(0, "~/repo"))
@@ -90,3 +108,23 @@ def test_smoke_refuses_what_the_workers_would_miss_too(laptop):
     result = run("smoke")
     assert result.code == 2 and expected in result.err and "--allow-unpushed" in result.err, result.all
     assert not laptop.remote(0, "~/repo").exists()
+
+
+SHA1, SHA256 = "0123456789abcdef" * 2 + "01234567", "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("head", [SHA1, SHA256])
+def test_a_worker_head_is_a_full_object_name(head):
+    assert parse_synced(f"head={head}\nstatus=## main...origin/main\n").head == head
+
+
+@pytest.mark.parametrize("head", ["--output=/tmp/pwned", "HEAD", "main", SHA1[:-1], SHA1.upper(), SHA1 + "0",
+                                  f"{SHA1}...main", f"{SHA1} --", "", "\u0660" * 40])
+def test_a_worker_head_that_is_not_an_object_name_is_an_unreadable_answer(head):
+    with pytest.raises(TpuctlError, match="unreadable answer from the sync: head="):
+        parse_synced(f"head={head}\nstatus=## main\n")
+
+
+def test_a_refusal_carries_no_head():
+    synced = parse_synced("refused=origin/main stores files in Git LFS\n")
+    assert synced.refused and synced.head == ""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tpuctl.console import EXIT_FAILED, BadInput
+from tpuctl.console import EXIT_FAILED, BadInput, console, shown
 
 if TYPE_CHECKING:
     from tpuctl.config import Target
@@ -61,14 +61,19 @@ def workers_of(ctx: typer.Context, spec: str, require_ready: bool = True) -> tup
 
 
 def checked_local_checkout(ctx: typer.Context, target: Target, allow_unpushed: bool) -> LocalCheckout | None:
-    """The git checkout holding the project's tpuctl.toml (else the current folder; None outside git). What
-    the workers would miss from it (unpushed commits, uncommitted changes, another branch) refuses a sync,
-    exit 2, unless `allow_unpushed`."""
-    from tpuctl.config import project_path
-    from tpuctl.local_checkout import inspect_checkout
+    """The git checkout holding the project's tpuctl.toml (else the current folder; None outside git, or when
+    its origin is not repo_url: then one line says it is not compared). What the workers would miss from it
+    (unpushed commits, uncommitted changes, another branch) refuses a sync, exit 2, unless `allow_unpushed`."""
+    from tpuctl.config import project_path, redact_url
+    from tpuctl.local_checkout import inspect_checkout, same_repository
 
     path = project_path(overrides_of(ctx).config_path)
     local = inspect_checkout(path.parent if path else Path.cwd(), target.branch)
+    if local is not None and target.repo_url and not same_repository(local.origin_url, target.repo_url):
+        origin = f"its origin {redact_url(local.origin_url)}" if local.origin_url else "it has no origin, so it"
+        console.print(f"[yellow]local checkout {shown(str(local.folder))}:[/] {shown(origin)} is not repo_url "
+                      f"{shown(redact_url(target.repo_url))}; not compared with the workers", highlight=False)
+        return None
     if local is not None and local.refusal() and not allow_unpushed:
         raise BadInput(local.refusal())
     return local

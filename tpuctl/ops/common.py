@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import paramiko
+
 from tpuctl.pairs import values_of
 from tpuctl.remote.render import RenderedScript
 from tpuctl.transport import Outcome, Session
@@ -64,3 +66,13 @@ def preflight(session: Session, workers: list[Worker], script: Callable[[Worker]
               forward_agent: bool = False) -> Preflight:
     """Run the read-only `script` on every worker at once (with this machine's SSH agent when asked)."""
     return Preflight(session.each(workers, lambda w: session.exec(w, script(w), what, forward_agent=forward_agent).out))
+
+
+def remove_temporaries(sftp: paramiko.SFTPClient, *paths: str) -> None:
+    """Best-effort cleanup after a failed copy, called while its error propagates: a connection that dropped
+    makes paramiko raise SSHException (not an OSError), which must not replace the error being reported."""
+    for path in paths:
+        try:
+            sftp.remove(path)
+        except (OSError, paramiko.SSHException):
+            pass

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from tpuctl.config import Target
 from tpuctl.console import BadInput, TpuctlError
-from tpuctl.ops.common import TEMPORARY, Note, Step
+from tpuctl.ops.common import TEMPORARY, Note, Step, remove_temporaries
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
@@ -120,10 +120,7 @@ def _push_one(session: Session, target: Target, worker: Worker, key: bytes) -> s
             handle.write(key)
         found = fields(session.exec(worker, deploy_key_install_script(path, temporary), "installing the deploy key").out)
     except BaseException:
-        try:
-            sftp.remove(temporary)
-        except OSError:
-            pass
+        remove_temporaries(sftp, temporary)
         raise
     if found.get("sha256") != hashlib.sha256(key).hexdigest():
         raise TpuctlError(f"worker {worker.index}: checksum of {path} does not match deploy_key after copying")

@@ -17,7 +17,7 @@ import paramiko
 from tpuctl.config import Target
 from tpuctl.console import TpuctlError
 from tpuctl.envfile import EnvFile
-from tpuctl.ops.common import TEMPORARY, Note, Step
+from tpuctl.ops.common import TEMPORARY, Note, Step, remove_temporaries
 from tpuctl.pairs import fields
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
@@ -62,7 +62,7 @@ def push_one(session: Session, target: Target, worker: Worker, env: EnvFile) -> 
         _write(sftp, temporaries[1], env.records)
         found = fields(session.exec(worker, install_script(path, *temporaries), "installing the env file").out)
     except BaseException:
-        _remove(sftp, temporaries)
+        remove_temporaries(sftp, *temporaries)
         raise
     if (found.get("sha256"), found.get("values_sha256")) != (env.sha256, env.records_sha256):
         raise TpuctlError(f"worker {worker.index}: checksum of {path} does not match the local file after copying")
@@ -75,14 +75,6 @@ def _write(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
     """Write into a file the prepare script created (mode 600): open without creating, never chmod after."""
     with sftp.open(path, "r+") as handle:
         handle.write(data)
-
-
-def _remove(sftp: paramiko.SFTPClient, paths: tuple[str, ...]) -> None:
-    for path in paths:
-        try:
-            sftp.remove(path)
-        except OSError:
-            pass
 
 
 def push_secrets(session: Session, target: Target, workers: list[Worker], env: EnvFile) -> list[Outcome[Pushed]]:

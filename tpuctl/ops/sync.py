@@ -11,16 +11,20 @@ never stashed or cleaned; commits only the worker has are kept under refs/tpuctl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from tpuctl.config import Target
+from tpuctl.console import TpuctlError
 from tpuctl.ops.common import Preflight, Step, preflight
 from tpuctl.ops.git_auth import check_agent, deploy_key_plan, git_auth_values, push_deploy_key
 from tpuctl.pairs import fields, values_of
 from tpuctl.remote.render import RenderedScript, render
 from tpuctl.transport import Outcome, Session
 from tpuctl.workers import Worker
+
+_OBJECT_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,15 @@ class Synced:
 
 
 def parse_synced(text: str) -> Synced:
+    """The apply script's answer. Its head reaches local git argv (compare_heads), so anything but a full
+    object name (sha1 or sha256) is an unreadable answer, never an option or a revision expression."""
     found = fields(text)
-    return Synced(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
-                  backups=tuple(values_of(text, "backup")), refused=found.get("refused", ""))
+    synced = Synced(head=found.get("head", ""), status=found.get("status", ""), stashed=found.get("stashed", ""),
+                    backups=tuple(values_of(text, "backup")), refused=found.get("refused", ""))
+    if not synced.refused and not _OBJECT_NAME.fullmatch(synced.head):
+        raise TpuctlError(f"unreadable answer from the sync: head={synced.head!r}, expected a commit hash "
+                          "(40 or 64 lowercase hex digits)")
+    return synced
 
 
 @dataclass(frozen=True)
