@@ -108,14 +108,13 @@ def test_temporary_env_files_are_created_mode_600(project1, monkeypatch):
     assert stat.S_IMODE(project1.remote(0, "~/.env.values").stat().st_mode) == 0o600
 
 
-
-
 def test_a_connection_dropped_during_cleanup_does_not_hide_the_copy_error(project1, monkeypatch):
     """paramiko's SSHException from the cleanup must not replace the error that says why the copy failed."""
     project1.write_env()
     cleanup_errors = fail_the_copy_then_drop_the_cleanup(monkeypatch, project1.workers[0])
     result = run("secrets", "push")
     assert result.code == 1, result.all
-    assert cleanup_errors and type(cleanup_errors[0]) is paramiko.SSHException, cleanup_errors
+    # The drop happened: paramiko raised there (SSHException as a rule; OSError if the channel closed first).
+    assert cleanup_errors and isinstance(cleanup_errors[0], (paramiko.SSHException, OSError)), cleanup_errors
     assert "FileNotFoundError" in result.err and "SSHException" not in result.all, result.all
     assert len(result.err.strip().splitlines()) == 1, result.err
