@@ -246,18 +246,24 @@ class Babysitter:
         return None
 
     def read_failed_log(self, seen: Seen, lines: int = 20) -> list[str]:
-        """The last lines of the first failed worker's log."""
+        """The last lines of the first failed worker's log; none when it cannot be read (gone, the worker
+        unreachable): only shown, it must not keep the `done` event from being recorded."""
+        import paramiko
+
         runs, codes = seen.observation.runs, seen.observation.exit_codes
         failed = next((i for i, (state, code) in enumerate(zip(runs, codes, strict=True))
                        if state == "vanished" or (state == "exited" and code != 0)), None)
         if failed is None or not seen.logs[failed]:
             return []
-        with Session(self.target) as session:
-            sftp = session.sftp(seen.workers[failed])
-            with sftp.open(seen.logs[failed], "rb") as handle:
-                size = handle.stat().st_size
-                handle.seek(max(size - 16384, 0))
-                text = handle.read().decode(errors="replace")
+        try:
+            with Session(self.target) as session:
+                sftp = session.sftp(seen.workers[failed])
+                with sftp.open(seen.logs[failed], "rb") as handle:
+                    size = handle.stat().st_size
+                    handle.seek(max(size - 16384, 0))
+                    text = handle.read().decode(errors="replace")
+        except (OSError, paramiko.SSHException, TpuctlError):
+            return []
         return [f"{seen.workers[failed].label}: {line}" for line in text.splitlines()[-lines:]]
 
     def recreate(self) -> None:
