@@ -121,3 +121,18 @@ def test_a_trainer_checkpointing_to_the_vms_disk_is_refused_naming_the_setting(c
     problem = checkpoint_problem(command)
     assert problem == (f"checkpoint.dir: expected a gs:// bucket that outlives the VM (a recreated VM has a fresh disk), "
                        f"received {received}: add --set checkpoint.dir=gs://BUCKET/PATH to the command")
+
+
+def test_the_summary_counts_each_preempted_node_once_and_only_launches_that_started():
+    def at(second: int, event: str, **fields) -> dict:
+        return {"time": f"2026-01-01T00:00:{second:02d}.000000Z", "event": event, **fields}
+
+    timeline = [at(0, "goal", command=["x"]), at(1, "launched", run_id="a"),
+                at(10, "action", action="recreate", preempted_node="n1"), at(12, "error", error="recreate refused"),
+                at(14, "action", action="recreate", preempted_node="n1"),  # the same preemption, tried again
+                at(20, "launched", run_id="b"), at(21, "prepare-failed", step="launch: busy", run_id="b"),
+                at(30, "launched", run_id="c"),
+                at(59, "done", result="succeed", exit_code=0)]
+    summary = events.summarize(timeline)
+    assert (summary.launches, summary.restarts, summary.preemptions) == (2, 1, 1)
+    assert summary.lost_s == [20.0]  # seen preempted at 10, the run that started launched at 30

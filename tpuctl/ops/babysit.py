@@ -285,6 +285,7 @@ class Babysitter:
         from tpuctl.ops.runs import utc_stamp
 
         plan = LaunchPlan(self.goal.name, utc_stamp(), tuple(self.goal.command))
+        launched = {}
         with Session(self.target) as session:
             failed = self.stop_failed(session, workers) if stop_first else self.prepare(session, workers)
             if failed is None:
@@ -294,11 +295,12 @@ class Babysitter:
                 report = launch(session, self.target, workers, plan)
                 failed = None if report.ok else "launch: " + "; ".join(report.refused or report.preflight.problems
                                                                         or [o.error or "" for o in report.starts if not o.ok])
+                launched = {"run_id": plan.base}
         if failed is None:
             self.prepare_failures = 0
             return None
         self.prepare_failures += 1
-        self.record("prepare-failed", step=failed, attempt=self.prepare_failures)
+        self.record("prepare-failed", step=failed, attempt=self.prepare_failures, **launched)
         if self.prepare_failures >= MAX_PREPARE_FAILURES:
             self.record("done", result="fail", exit_code=1, step=self.last_step)
             return 1
