@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,17 @@ from tpuctl.console import BadInput, TpuctlError
 from tpuctl.gcp.pins import HostKeyChanged
 from tpuctl.gcp.spec import NodeRequest
 from tpuctl.ops import events
-from tpuctl.ops.recovery import ABSENT, Action, Decision, Limits, Observation, decide
+from tpuctl.ops.recovery import (
+    ABSENT,
+    SUSPECT,
+    UNREACHABLE,
+    Action,
+    Decision,
+    History,
+    Limits,
+    Observation,
+    decide,
+)
 from tpuctl.pairs import leading_assignments
 from tpuctl.transport import Session
 from tpuctl.workers import Worker
@@ -105,7 +115,6 @@ class Seen:
     observation: Observation
     workers: list[Worker] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # each worker's run log (a path on the worker), "" for none
-    errors: list[str] = field(default_factory=list)  # why workers did not answer ("worker N: ...")
 
 
 class Babysitter:
@@ -120,6 +129,7 @@ class Babysitter:
         self.last_step = ""  # the step number of the run's last step line on worker 0, for display
         self.failure_tail: list[str] = []  # the end of the failed run's log, for display (not in the events)
         self.last_observed: dict[str, Any] | None = None  # what the last `observed` event said
+        self.streak: tuple[str, str, float] = ("", "", 0.0)  # a suspect picture: kind, node id, since (monotonic)
 
     def record(self, event: str, **fields: Any) -> None:
         self.show(events.append(self.path, event, **fields))
@@ -172,12 +182,28 @@ class Babysitter:
     def turn(self) -> int | None:
         """Observe, decide, act: the exit code once babysit is done, else None."""
         seen = self.observe()
-        decision = decide(seen.observation, events.history(events.read(self.path)), self.goal.limits)
-        observed = {**observation_record(seen.observation), "errors": seen.errors}
+        node_id = seen.observation.node_id
+        decision = decide(seen.observation, self.timed(events.history(events.read(self.path)), node_id),
+                          self.goal.limits)
+        self.note_streak(decision.streak, node_id)
+        observed = observation_record(seen.observation)
         if observed != self.last_observed:
             self.record("observed", **observed, step=self.last_step)
             self.last_observed = observed
         return self.act(decision, seen)
+
+    def timed(self, history: History, node_id: str) -> History:
+        """`history` with the seconds the current streak (recovery.SUSPECT / UNREACHABLE) has lasted on this node."""
+        kind, node, since = self.streak
+        lasted = time.monotonic() - since if kind and node == node_id else 0.0
+        return replace(history, suspect_s=lasted if kind == SUSPECT else 0.0,
+                       unreachable_s=lasted if kind == UNREACHABLE else 0.0)
+
+    def note_streak(self, kind: str, node_id: str) -> None:
+        if not kind:
+            self.streak = ("", "", 0.0)
+        elif self.streak[:2] != (kind, node_id):
+            self.streak = (kind, node_id, time.monotonic())
 
     def observe(self) -> Seen:
         """The node through the TPU API and, on a READY node, the run on every worker."""
@@ -217,7 +243,8 @@ class Babysitter:
         if first is not None and first.step:
             self.last_step = first.step.get("step", self.last_step)
         errors = [f"{o.worker}: {o.error}" for o in report.outcomes if not o.ok]
-        return Seen(Observation("READY", node_id, queued, tuple(runs), tuple(codes), run_id), workers, logs, errors)
+        return Seen(Observation("READY", node_id, queued, tuple(runs), tuple(codes), run_id, tuple(errors)), workers,
+                    logs)
 
     def last_node_id(self) -> str:
         ids = [e.get("node_id", "") for e in events.read(self.path) if e["event"] == "observed"]
@@ -341,5 +368,5 @@ class Babysitter:
 
 def observation_record(seen: Observation) -> dict[str, Any]:
     return {"node": seen.node, "node_id": seen.node_id, "queued": seen.queued, "runs": list(seen.runs),
-            "exit_codes": list(seen.exit_codes), "run_id": seen.run_id}
+            "exit_codes": list(seen.exit_codes), "run_id": seen.run_id, "errors": list(seen.errors)}
 
