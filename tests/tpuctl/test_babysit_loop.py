@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.tpuctl.helpers import run
 from tpuctl.ops import events
 from tpuctl.ops.babysit import Babysitter, Goal, Seen
 from tpuctl.ops.recovery import Action, Decision, Limits, Observation
@@ -23,3 +24,27 @@ def test_a_failed_log_that_cannot_be_read_still_ends_with_the_done_event(project
     code = babysitter.act(Decision(Action.FAIL, "worker 0: the run exited 1", 1, counts_failure="train_1"), seen)
     assert code == 1 and babysitter.failure_tail == []
     assert [e["event"] for e in events.read(path)][-1] == "done"
+
+
+def write_finished_babysit(project) -> None:
+    node = {"accelerator_type": "v4-8", "runtime_version": "v2", "spot": True, "preemptible": False, "queued": False,
+            "labels": {}, "network": "", "subnetwork": "", "external_ips": True, "ssh_keys": ""}
+    path = events.events_path("long", project.folder / "logs")
+    events.append(path, "goal", command=["bash", "x.sh"], node=node, name="long", max_preemptions=10, max_failures=0)
+    events.append(path, "launched", run_id="long_1")
+    events.append(path, "action", action=Action.RECREATE, reason="node PREEMPTED", preempted_node="n1")
+    events.append(path, "launched", run_id="long_2")
+    events.append(path, "done", result="succeed", exit_code=0)
+
+
+def test_the_events_file_lives_in_the_project_folder_whatever_the_current_folder(project1, monkeypatch):
+    write_finished_babysit(project1)
+    project1.write_config(name="node-1", project="my-project-123", zone="us-central2-b")
+    inner = project1.folder / "src" / "deep"
+    inner.mkdir(parents=True)
+    monkeypatch.chdir(inner)
+    status = run("status", "--name", "long")
+    assert "babysit: 1 restart(s), 1 preemption(s), 0 failure(s)" in status.out, status.all
+    again = run("babysit", "--name", "long", "--", "bash", "x.sh")
+    assert again.code == 2 and "this command already finished (succeed)" in again.err, again.all
+    assert not (inner / "logs").exists()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tpuctl.commands.common import DEFAULT_RUN, CommandArg, EnvFileOpt, NameOpt, target_of
+from tpuctl.commands.common import DEFAULT_RUN, CommandArg, EnvFileOpt, NameOpt, project_folder, target_of
 from tpuctl.commands.views import show_babysit_event, show_babysit_summary
 from tpuctl.console import BadInput
 
@@ -39,7 +39,7 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
         raise BadInput(problem)
     target = target_of(ctx)
     require(target, "name", "the TPU VM to babysit (babysit recreates it after a preemption)")
-    path = events.events_path(name)
+    path = events.events_path(name, project_folder(ctx) / "logs")
     goal = Goal(name, list(command), Limits(max_preemptions, max_failures), env_file, poll)
     sitter = Babysitter(target, goal, path, show_babysit_event)
     sitter.begin(node_spec(connect(target), target.name) if not events.read(path) else sitter.spec())

@@ -1,4 +1,4 @@
-"""The events file of a babysat run: `logs/<name>.events.jsonl`, append-only, one JSON object a line.
+"""The events file of a babysat run: `logs/<name>.events.jsonl` beside tpuctl.toml, append-only, one JSON object a line.
 
 Every line has `time` (UTC, ISO 8601 with microseconds) and `event`:
 - `goal`: babysit began watching: `command` (the argv), `node` (the spec it recreates: accelerator_type,
@@ -32,7 +32,8 @@ from typing import Any
 from tpuctl.ops.recovery import Action, History
 
 
-def events_path(name: str, folder: Path = Path("logs")) -> Path:
+def events_path(name: str, folder: Path) -> Path:
+    """The events file of run `name` in `folder` (the project folder's logs/, whatever the current folder)."""
     return folder / f"{name}.events.jsonl"
 
 
