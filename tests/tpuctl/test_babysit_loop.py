@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from tests.tpuctl.helpers import run
 from tpuctl.ops import events
 from tpuctl.ops.babysit import Babysitter, Goal, Seen
 from tpuctl.ops.recovery import Action, Decision, Limits, Observation
+from tpuctl.transport import Session
 
 
 def sitter(project, path: Path) -> tuple[Babysitter, list]:
@@ -48,3 +52,28 @@ def test_the_events_file_lives_in_the_project_folder_whatever_the_current_folder
     again = run("babysit", "--name", "long", "--", "bash", "x.sh")
     assert again.code == 2 and "this command already finished (succeed)" in again.err, again.all
     assert not (inner / "logs").exists()
+
+
+@pytest.mark.parametrize("config, env_text, message", [
+    ({}, "# nothing yet\n", "env file '.env' defines no variables"),
+    ({"forward_agent": True}, None, "forward_agent: expected an SSH agent on this machine"),
+    ({"deploy_key": "~/no-such-key"}, None, "deploy_key: expected a private key file, received '~/no-such-key'"),
+])
+def test_what_prepare_would_refuse_days_later_is_refused_before_babysit_begins(project1, monkeypatch, config,
+                                                                               env_text, message):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    project1.write_config(name="node-1", project="my-project-123", zone="us-central2-b",
+                          tpu_api_endpoint="http://127.0.0.1:1", **config)  # nothing answers there
+    project1.write_env(env_text)
+    refused = run("babysit", "--name", "long", "--", "bash", "x.sh")
+    assert refused.code == 2 and message in refused.err, refused.all
+    assert not (project1.folder / "logs").exists()
+
+
+def test_a_step_refused_mid_run_is_a_prepare_failure_to_retry_not_the_end(project1, tmp_path, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # the agent went away days into the run
+    babysitter, workers = sitter(project1, tmp_path / "train.events.jsonl")
+    babysitter.target = replace(babysitter.target, forward_agent=True)
+    with Session(babysitter.target) as session:
+        failed = babysitter.prepare(session, workers)
+    assert failed is not None and failed.startswith("sync: forward_agent: expected an SSH agent"), failed

@@ -4,13 +4,16 @@ VM after each preemption (tpuctl.ops.babysit, tpuctl.ops.recovery)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tpuctl.commands.common import DEFAULT_RUN, CommandArg, EnvFileOpt, NameOpt, project_folder, target_of
 from tpuctl.commands.views import show_babysit_event, show_babysit_summary
 from tpuctl.console import BadInput
+
+if TYPE_CHECKING:
+    from tpuctl.config import Target
 
 
 def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFAULT_RUN,
@@ -39,6 +42,7 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
         raise BadInput(problem)
     target = target_of(ctx)
     require(target, "name", "the TPU VM to babysit (babysit recreates it after a preemption)")
+    check_before_begin(target, env_file)
     path = events.events_path(name, project_folder(ctx) / "logs")
     goal = Goal(name, list(command), Limits(max_preemptions, max_failures), env_file, poll)
     sitter = Babysitter(target, goal, path, show_babysit_event)
@@ -46,6 +50,19 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
     code = sitter.run()
     show_babysit_summary(events.summarize(events.read(path)), sitter.last_step, sitter.failure_tail)
     raise typer.Exit(code)
+
+
+def check_before_begin(target: Target, env_file: Path) -> None:
+    """What the first prepare (and every one after a preemption, days later) reads here: refused now, exit 2,
+    before anything is recorded or touched."""
+    from tpuctl.envfile import load_env_file
+    from tpuctl.ops.git_auth import check_agent, read_deploy_key
+
+    check_agent(target)
+    if target.deploy_key:
+        read_deploy_key(target)
+    if env_file.exists():
+        load_env_file(env_file)
 
 
 def register(app: typer.Typer) -> None:

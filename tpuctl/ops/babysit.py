@@ -342,27 +342,52 @@ class Babysitter:
         return None
 
     def prepare(self, session: Session, workers: list[Worker]) -> str | None:
-        """The steps before a launch on a node without the run; the first failure as `step: why`, or None."""
-        from tpuctl.envfile import load_env_file
-        from tpuctl.ops.secrets import push_secrets
-        from tpuctl.ops.setup import setup
+        """The steps before a launch on a node without the run; the first failure as `step: why`, or None.
+
+        A step refused (BadInput: the SSH agent gone, the .env edited into a bad one, days into the run) fails
+        like any other: recorded, looked at again next turn, MAX_PREPARE_FAILURES in a row end babysit. The same
+        checks ran before babysit began (tpuctl.commands.babysit), so a bad start never gets this far."""
+        steps = (("sync", self.sync_step), ("setup", self.setup_step), ("secrets push", self.secrets_step),
+                 ("verify-env", self.verify_step))
+        for name, step in steps:
+            try:
+                problem = step(session, workers)
+            except BadInput as exc:
+                problem = str(exc)
+            if problem is not None:
+                return f"{name}: {problem}"
+        return None
+
+    def sync_step(self, session: Session, workers: list[Worker]) -> str | None:
         from tpuctl.ops.sync import SyncLabels, sync
-        from tpuctl.ops.verify import verify
 
         synced = sync(session, self.target, workers, SyncLabels.at(datetime.now(UTC), "babysit"))
         if not synced.ok:
-            return "sync: " + "; ".join(synced.preflight.problems or [o.error or "" for o in synced.outcomes if not o.ok]
-                                        or ["the workers disagree on the commit"])
+            return "; ".join(synced.preflight.problems or [o.error or "" for o in synced.outcomes if not o.ok]
+                             or ["the workers disagree on the commit"])
+        return None
+
+    def setup_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.ops.setup import setup
+
         prepared = setup(session, self.target, workers)
-        if not all(o.ok for o in prepared):
-            return "setup: " + "; ".join(f"{o.worker}: {o.error}" for o in prepared if not o.ok)
-        if self.goal.env_file.exists():
-            pushed = push_secrets(session, self.target, workers, load_env_file(self.goal.env_file))
-            if not all(o.ok for o in pushed):
-                return "secrets push: " + "; ".join(f"{o.worker}: {o.error}" for o in pushed if not o.ok)
+        return "; ".join(f"{o.worker}: {o.error}" for o in prepared if not o.ok) or None
+
+    def secrets_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.envfile import load_env_file
+        from tpuctl.ops.secrets import push_secrets
+
+        if not self.goal.env_file.exists():
+            return None
+        pushed = push_secrets(session, self.target, workers, load_env_file(self.goal.env_file))
+        return "; ".join(f"{o.worker}: {o.error}" for o in pushed if not o.ok) or None
+
+    def verify_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.ops.verify import verify
+
         checked = verify(session, self.target, workers, self.target.expect_backend)
         if not checked.ok:
-            return "verify-env: " + "; ".join(checked.env.problems or [o.error or "" for o in checked.outcomes if not o.ok])
+            return "; ".join(checked.env.problems or [o.error or "" for o in checked.outcomes if not o.ok])
         return None
 
 
