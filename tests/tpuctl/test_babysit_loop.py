@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import git
 from tests.tpuctl.helpers import run
 from tpuctl.ops import events
 from tpuctl.ops.babysit import Babysitter, Goal, Seen
@@ -77,3 +78,46 @@ def test_a_step_refused_mid_run_is_a_prepare_failure_to_retry_not_the_end(projec
     with Session(babysitter.target) as session:
         failed = babysitter.prepare(session, workers)
     assert failed is not None and failed.startswith("sync: forward_agent: expected an SSH agent"), failed
+
+
+def push_commit(origin: Path, text: str) -> str:
+    work = origin.parent / "origin-work"
+    (work / "README.md").write_text(text)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-am", text, cwd=work)
+    git("push", "--quiet", "origin", "main", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work)
+
+
+def test_a_resumed_run_keeps_the_code_that_wrote_its_checkpoints_unless_told_to_follow(project1, tmp_path):
+    path = tmp_path / "train.events.jsonl"
+    babysitter, workers = sitter(project1, path)
+    first = git("rev-parse", "main", cwd=project1.origin)
+    with Session(babysitter.target) as session:
+        assert babysitter.sync_step(session, workers) is None and babysitter.synced_head == first
+        events.append(path, "launched", run_id="train_1", head=first)  # the first launch, then a preemption
+        moved = push_commit(project1.origin, "a change pushed while the run was going")
+        refused = babysitter.sync_step(session, workers)
+        assert refused == (f"origin/main is now at {moved[:7]}, but the run began at {first[:7]} and resumes "
+                           f"from checkpoints that code wrote: push {first[:7]} back to origin/main, or start "
+                           f"babysit again with --follow-branch to resume on the new code")
+        babysitter.goal.follow_branch = True
+        assert babysitter.sync_step(session, workers) is None and babysitter.synced_head == moved
+
+
+def test_a_local_checkout_the_workers_would_not_run_is_refused_before_babysit_begins(project1, origin):
+    folder = project1.folder
+    git("init", "--quiet", "--initial-branch=main", cwd=folder)
+    git("remote", "add", "origin", str(origin), cwd=folder)
+    git("fetch", "--quiet", "origin", cwd=folder)
+    git("checkout", "--quiet", "-f", "-B", "main", "origin/main", cwd=folder)
+    (folder / "reward.py").write_text("fixed\n")
+    git("add", "reward.py", cwd=folder)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "the fix", cwd=folder)
+    project1.write_config(name="node-1", project="my-project-123", zone="us-central2-b",
+                          tpu_api_endpoint="http://127.0.0.1:1")  # nothing answers there
+    refused = run("babysit", "--name", "long", "--", "bash", "x.sh")
+    unpushed = f"1 commit(s) not on origin/main: {git('rev-parse', '--short=7', 'HEAD', cwd=folder)}"
+    assert refused.code == 2 and unpushed in refused.err and "--allow-unpushed" in refused.err, refused.all
+    assert not (folder / "logs").exists()
+    allowed = run("babysit", "--allow-unpushed", "--name", "long", "--", "bash", "x.sh")
+    assert allowed.code == 1 and "cannot reach the TPU API" in allowed.err, allowed.all  # past the check

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tpuctl.commands.common import DEFAULT_RUN, CommandArg, EnvFileOpt, NameOpt, project_folder, target_of
+from tpuctl.commands.common import (
+    DEFAULT_RUN,
+    CommandArg,
+    EnvFileOpt,
+    NameOpt,
+    UnpushedOpt,
+    checked_local_checkout,
+    project_folder,
+    target_of,
+)
 from tpuctl.commands.views import show_babysit_event, show_babysit_summary
 from tpuctl.console import BadInput
 
@@ -21,6 +30,10 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
             max_failures: Annotated[int, typer.Option(help="Times to relaunch a run that exits non-zero (flaky code).")] = 0,
             env_file: EnvFileOpt = Path(".env"),
             poll: Annotated[float, typer.Option(help="Seconds between two looks at the node and the run.")] = 60.0,
+            allow_unpushed: UnpushedOpt = False,
+            follow_branch: Annotated[bool, typer.Option(
+                "--follow-branch", help="After a preemption, resume on whatever origin/BRANCH then holds (by default "
+                                        "babysit refuses a commit other than the first launch's).")] = False,
             ) -> None:
     """Run `-- CMD...` until it exits 0: recreate the TPU VM when it is preempted, resync, set up and relaunch."""
     from tpuctl.gcp.api import connect, require
@@ -42,9 +55,10 @@ def babysit(ctx: typer.Context, command: CommandArg = None, name: NameOpt = DEFA
         raise BadInput(problem)
     target = target_of(ctx)
     require(target, "name", "the TPU VM to babysit (babysit recreates it after a preemption)")
+    checked_local_checkout(ctx, target, allow_unpushed)
     check_before_begin(target, env_file)
     path = events.events_path(name, project_folder(ctx) / "logs")
-    goal = Goal(name, list(command), Limits(max_preemptions, max_failures), env_file, poll)
+    goal = Goal(name, list(command), Limits(max_preemptions, max_failures), env_file, poll, follow_branch)
     sitter = Babysitter(target, goal, path, show_babysit_event)
     sitter.begin(node_spec(connect(target), target.name) if not events.read(path) else sitter.spec())
     code = sitter.run()

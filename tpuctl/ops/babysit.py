@@ -106,6 +106,7 @@ class Goal:
     limits: Limits
     env_file: Path
     poll_s: float = 60.0
+    follow_branch: bool = False  # resume on whatever origin/BRANCH holds after a preemption (else: the first launch's commit)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Babysitter:
         self.last_step = ""  # the step number of the run's last step line on worker 0, for display
         self.failure_tail: list[str] = []  # the end of the failed run's log, for display (not in the events)
         self.last_observed: dict[str, Any] | None = None  # what the last `observed` event said
+        self.synced_head = ""  # the commit the last sync left the workers at
         self.streak: tuple[str, str, float] = ("", "", 0.0)  # a suspect picture: kind, node id, since (monotonic)
 
     def record(self, event: str, **fields: Any) -> None:
@@ -316,7 +318,7 @@ class Babysitter:
         with Session(self.target) as session:
             failed = self.stop_failed(session, workers) if stop_first else self.prepare(session, workers)
             if failed is None:
-                self.record("launched", run_id=plan.base)
+                self.record("launched", run_id=plan.base, **({"head": self.synced_head} if self.synced_head else {}))
                 from tpuctl.ops.launch import launch
 
                 report = launch(session, self.target, workers, plan)
@@ -359,12 +361,21 @@ class Babysitter:
         return None
 
     def sync_step(self, session: Session, workers: list[Worker]) -> str | None:
+        """Sync origin/BRANCH; refused when it moved since the first launch (unless `follow_branch`): the run
+        resumes from checkpoints the first launch's code wrote, and other code may not read them as it meant."""
         from tpuctl.ops.sync import SyncLabels, sync
 
         synced = sync(session, self.target, workers, SyncLabels.at(datetime.now(UTC), "babysit"))
         if not synced.ok:
             return "; ".join(synced.preflight.problems or [o.error or "" for o in synced.outcomes if not o.ok]
                              or ["the workers disagree on the commit"])
+        self.synced_head = next(iter(synced.heads))
+        began = next((e["head"] for e in events.read(self.path) if e["event"] == "launched" and e.get("head")), "")
+        if began and self.synced_head != began and not self.goal.follow_branch:
+            branch = f"origin/{self.target.branch}"
+            return (f"{branch} is now at {self.synced_head[:7]}, but the run began at {began[:7]} and resumes from "
+                    f"checkpoints that code wrote: push {began[:7]} back to {branch}, or start babysit again with "
+                    f"--follow-branch to resume on the new code")
         return None
 
     def setup_step(self, session: Session, workers: list[Worker]) -> str | None:
