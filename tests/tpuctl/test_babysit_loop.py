@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tests.helpers import git
 from tests.tpuctl.helpers import run
 from tpuctl.ops import events
 from tpuctl.ops.babysit import Babysitter, Goal, Seen
-from tpuctl.ops.recovery import Action, Decision, Limits, Observation
+from tpuctl.ops.recovery import SUSPECT, UNREACHABLE, Action, Decision, History, Limits, Observation
 from tpuctl.transport import Session
 
 
@@ -121,3 +122,18 @@ def test_a_local_checkout_the_workers_would_not_run_is_refused_before_babysit_be
     assert not (folder / "logs").exists()
     allowed = run("babysit", "--allow-unpushed", "--name", "long", "--", "bash", "x.sh")
     assert allowed.code == 1 and "cannot reach the TPU API" in allowed.err, allowed.all  # past the check
+
+
+def test_a_suspect_picture_is_timed_on_one_node_and_starts_over_on_another(project1, tmp_path):
+    babysitter, _ = sitter(project1, tmp_path / "train.events.jsonl")
+    assert babysitter.timed(History(), "n1") == History()
+    babysitter.note_streak(SUSPECT, "n1")
+    time.sleep(0.2)
+    babysitter.note_streak(SUSPECT, "n1")  # the same picture again: still timed from its first turn
+    lasted = babysitter.timed(History(), "n1")
+    assert lasted.suspect_s >= 0.2 and lasted.unreachable_s == 0.0
+    assert babysitter.timed(History(), "n2") == History()  # a recreated node: another picture
+    babysitter.note_streak(UNREACHABLE, "n1")
+    assert babysitter.timed(History(), "n1").suspect_s == 0.0 and babysitter.timed(History(), "n1").unreachable_s < 0.2
+    babysitter.note_streak("", "n1")
+    assert babysitter.timed(History(), "n1") == History()

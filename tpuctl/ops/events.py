@@ -9,7 +9,8 @@ Every line has `time` (UTC, ISO 8601 with microseconds) and `event`:
 - `action`: what a turn did: `action` (tpuctl.ops.recovery.Action), `reason`, and the ids it counts
   (`preempted_node`, `failed_run`);
 - `launched`: a run is being started: `run_id` (written before the launch, so a babysit killed during it
-  still knows the run as its own);
+  still knows the run as its own) and `head`, the commit the workers were synced to (the first one is the
+  commit a resumed run must keep);
 - `prepare-failed`: a step before a launch failed (`step`, `attempt`; `run_id` when the launch itself
   failed, so that `launched` does not count as a start); `error`: a turn failed (`error`,
   `attempt`); the next turn looks again;
