@@ -2,9 +2,10 @@
 
 Pure, with no I/O, so that every case is a unit test. The loop around it (tpuctl.ops.babysit) observes
 the node through the TPU API and the run on every worker, asks `decide`, does the action and records
-both in the events file. Nothing is kept in memory between turns: what was counted so far
-(preemptions by node id, failures by run) is read back from the events file, so a babysit killed
-and started again decides exactly as the first one would have.
+both in the events file. What was counted so far (preemptions by node id, failures by run) is read
+back from the events file, so a babysit killed and started again counts exactly as the first one
+would have; only how long a suspect picture has lasted on a READY node (History.suspect_s,
+unreachable_s) is timed in memory, and a restarted babysit times it from 0, which only waits longer.
 """
 
 from __future__ import annotations
