@@ -87,6 +87,8 @@ def test_a_preempted_run_is_recreated_and_resumes_from_its_bucket_checkpoint(sim
     observed = [(e["node"], tuple(e["runs"])) for e in recorded if e["event"] == "observed"]
     assert observed[0] == ("READY", ("none",)) and ("READY", ("running",)) in observed
     assert ("PREEMPTED", ()) in observed and observed[-1] == ("READY", ("exited",))
+    heads = [e.get("head") for e in recorded if e["event"] == "launched"]
+    assert len(heads) == 2 and heads[0] == heads[1] and len(heads[0]) == 40  # resumed on the first launch's commit
     new_id = vm.api.node(vm.name).id
     assert new_id != first_id and recorded[-1]["event"] == "done" and recorded[-1]["result"] == "succeed"
     assert [e["node_id"] for e in recorded if e["event"] == "observed"][-1] == str(new_id)

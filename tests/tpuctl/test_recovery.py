@@ -25,7 +25,7 @@ def ready(*runs: str, codes: tuple = (), run_id: str = "r1") -> Observation:
     (ready("exited", "none", codes=(0, None)), Action.LAUNCH),
     (ready("running", "unreachable"), Action.WAIT),
     (ready("exited", "running", codes=(1, None)), Action.FAIL),
-    (ready("vanished", "running"), Action.FAIL),
+    (ready("vanished", "running"), Action.WAIT),  # a preemption the API may not report yet
     (Observation("CREATING", "n1"), Action.WAIT),
     (Observation("PREEMPTED", "n1"), Action.RECREATE),
     (Observation("TERMINATED", "n1"), Action.RECREATE),
@@ -52,8 +52,8 @@ def test_a_failure_exits_with_the_runs_code_unless_retries_are_left():
     again = decide(ready("exited", "exited", codes=(0, 7), run_id="r2"), History(failed_runs=frozenset({"r1"})),
                    Limits(max_failures=1))
     assert again.action == Action.FAIL and "--max-failures 1" in again.reason
-    # A vanished run (no exit file) fails with 1.
-    assert decide(ready("vanished"), History(), LIMITS).exit_code == 1
+    # A vanished run (no exit file) on a node still READY after the wait fails with 1.
+    assert decide(ready("vanished"), History(suspect_s=LIMITS.suspect_wait_s), LIMITS).exit_code == 1
 
 
 def test_preemptions_are_counted_by_node_so_a_restarted_babysit_does_not_count_one_twice():
@@ -121,3 +121,40 @@ def test_a_trainer_checkpointing_to_the_vms_disk_is_refused_naming_the_setting(c
     problem = checkpoint_problem(command)
     assert problem == (f"checkpoint.dir: expected a gs:// bucket that outlives the VM (a recreated VM has a fresh disk), "
                        f"received {received}: add --set checkpoint.dir=gs://BUCKET/PATH to the command")
+
+
+def test_a_preempted_trainers_exit_143_on_a_still_ready_node_waits_before_it_counts_as_a_failure():
+    # A spot preemption TERMs the trainer (it checkpoints, exits 143) while the API still says READY.
+    seen = ready("exited", "exited", codes=(143, 143))
+    assert decide(seen, History(), LIMITS).action == Action.WAIT
+    assert decide(ready("vanished", "running"), History(suspect_s=10.0), LIMITS).action == Action.WAIT
+    # The same node still READY after the window: a real failure, with the run's code.
+    late = decide(seen, History(suspect_s=LIMITS.suspect_wait_s), LIMITS)
+    assert (late.action, late.exit_code, late.counts_failure) == (Action.FAIL, 143, "r1")
+    # Another code beside a 143 is a failure at once.
+    assert decide(ready("exited", "exited", codes=(143, 1)), History(), LIMITS).action == Action.FAIL
+
+
+def test_a_worker_unreachable_on_a_ready_node_ends_babysit_after_the_bound_naming_the_error():
+    seen = Observation("READY", "n1", "", ("running", "unreachable"), (None, None), "r1",
+                       errors=("worker 1: host key of 10.0.0.3 unknown",))
+    assert decide(seen, History(unreachable_s=60.0), LIMITS).action == Action.WAIT
+    ended = decide(seen, History(unreachable_s=LIMITS.unreachable_wait_s), LIMITS)
+    assert (ended.action, ended.exit_code) == (Action.FAIL, 1)
+    assert "worker 1: host key of 10.0.0.3 unknown" in ended.reason
+    assert ended.streak == "unreachable" and decide(seen, History(), LIMITS).streak == "unreachable"
+
+
+def test_the_summary_counts_each_preempted_node_once_and_only_launches_that_started():
+    def at(second: int, event: str, **fields) -> dict:
+        return {"time": f"2026-01-01T00:00:{second:02d}.000000Z", "event": event, **fields}
+
+    timeline = [at(0, "goal", command=["x"]), at(1, "launched", run_id="a"),
+                at(10, "action", action="recreate", preempted_node="n1"), at(12, "error", error="recreate refused"),
+                at(14, "action", action="recreate", preempted_node="n1"),  # the same preemption, tried again
+                at(20, "launched", run_id="b"), at(21, "prepare-failed", step="launch: busy", run_id="b"),
+                at(30, "launched", run_id="c"),
+                at(59, "done", result="succeed", exit_code=0)]
+    summary = events.summarize(timeline)
+    assert (summary.launches, summary.restarts, summary.preemptions) == (2, 1, 1)
+    assert summary.lost_s == [20.0]  # seen preempted at 10, the run that started launched at 30

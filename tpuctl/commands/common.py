@@ -60,15 +60,23 @@ def workers_of(ctx: typer.Context, spec: str, require_ready: bool = True) -> tup
     return target, select_workers(target, spec, require_ready)
 
 
+def project_folder(ctx: typer.Context) -> Path:
+    """The folder holding the project's tpuctl.toml (--config, TPUCTL_CONFIG, or found upward from here);
+    else the current folder."""
+    from tpuctl.config import project_path
+
+    path = project_path(overrides_of(ctx).config_path)
+    return path.parent if path else Path.cwd()
+
+
 def checked_local_checkout(ctx: typer.Context, target: Target, allow_unpushed: bool) -> LocalCheckout | None:
     """The git checkout holding the project's tpuctl.toml (else the current folder; None outside git, or when
     its origin is not repo_url: then one line says it is not compared). What the workers would miss from it
     (unpushed commits, uncommitted changes, another branch) refuses a sync, exit 2, unless `allow_unpushed`."""
-    from tpuctl.config import project_path, redact_url
+    from tpuctl.config import redact_url
     from tpuctl.local_checkout import inspect_checkout, same_repository
 
-    path = project_path(overrides_of(ctx).config_path)
-    local = inspect_checkout(path.parent if path else Path.cwd(), target.branch)
+    local = inspect_checkout(project_folder(ctx), target.branch)
     if local is not None and target.repo_url and not same_repository(local.origin_url, target.repo_url):
         origin = f"its origin {redact_url(local.origin_url)}" if local.origin_url else "it has no origin, so it"
         console.print(f"[yellow]local checkout {shown(str(local.folder))}:[/] {shown(origin)} is not repo_url "

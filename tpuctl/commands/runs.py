@@ -15,6 +15,7 @@ from tpuctl.commands.common import (
     WorkerOpt,
     fail_unless,
     open_session,
+    project_folder,
     workers_of,
 )
 from tpuctl.commands.views import print_dry_run, show_babysit_status, show_launch, show_status, show_stop
@@ -53,7 +54,7 @@ def status(ctx: typer.Context, name: NameOpt = DEFAULT_RUN, worker: WorkerOpt = 
     with open_session(target) as session:
         report = statuses(session, target, workers, name)
     ok = show_status(report, as_json)
-    babysat = events.read(events.events_path(name))
+    babysat = events.read(events.events_path(name, project_folder(ctx) / "logs"))
     if babysat and not as_json:
         show_babysit_status(events.summarize(babysat))
     fail_unless(ok)

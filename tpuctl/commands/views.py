@@ -356,7 +356,7 @@ def show_babysit_summary(summary: Summary, last_step: str, failure_tail: Sequenc
     table = Table(show_header=False, title=f"babysit: {summary.result or 'stopped'}")
     wall = (parse_time(summary.finished) - parse_time(summary.started)).total_seconds() if summary.finished else None
     lost = ", ".join(f"{s:.0f} s" for s in summary.lost_s) or "none"
-    for key, value in (("last step", last_step or "-"), ("wall time", f"{wall:.0f} s" if wall is not None else "-"),
+    for key, value in (("last step", shown(last_step or "-")), ("wall time", f"{wall:.0f} s" if wall is not None else "-"),
                        ("restarts", str(summary.restarts)), ("preemptions", str(summary.preemptions)),
                        ("failures", str(summary.failures)), ("time lost to preemptions", lost),
                        ("exit code", str(summary.exit_code))):

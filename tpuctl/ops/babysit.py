@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,17 @@ from tpuctl.console import BadInput, TpuctlError
 from tpuctl.gcp.pins import HostKeyChanged
 from tpuctl.gcp.spec import NodeRequest
 from tpuctl.ops import events
-from tpuctl.ops.recovery import ABSENT, Action, Decision, Limits, Observation, decide
+from tpuctl.ops.recovery import (
+    ABSENT,
+    SUSPECT,
+    UNREACHABLE,
+    Action,
+    Decision,
+    History,
+    Limits,
+    Observation,
+    decide,
+)
 from tpuctl.pairs import leading_assignments
 from tpuctl.transport import Session
 from tpuctl.workers import Worker
@@ -96,6 +106,7 @@ class Goal:
     limits: Limits
     env_file: Path
     poll_s: float = 60.0
+    follow_branch: bool = False  # resume on whatever origin/BRANCH holds after a preemption (else: the first launch's commit)
 
 
 @dataclass
@@ -105,7 +116,6 @@ class Seen:
     observation: Observation
     workers: list[Worker] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # each worker's run log (a path on the worker), "" for none
-    errors: list[str] = field(default_factory=list)  # why workers did not answer ("worker N: ...")
 
 
 class Babysitter:
@@ -120,6 +130,8 @@ class Babysitter:
         self.last_step = ""  # the step number of the run's last step line on worker 0, for display
         self.failure_tail: list[str] = []  # the end of the failed run's log, for display (not in the events)
         self.last_observed: dict[str, Any] | None = None  # what the last `observed` event said
+        self.synced_head = ""  # the commit the last sync left the workers at
+        self.streak: tuple[str, str, float] = ("", "", 0.0)  # a suspect picture: kind, node id, since (monotonic)
 
     def record(self, event: str, **fields: Any) -> None:
         self.show(events.append(self.path, event, **fields))
@@ -172,12 +184,28 @@ class Babysitter:
     def turn(self) -> int | None:
         """Observe, decide, act: the exit code once babysit is done, else None."""
         seen = self.observe()
-        decision = decide(seen.observation, events.history(events.read(self.path)), self.goal.limits)
-        observed = {**observation_record(seen.observation), "errors": seen.errors}
+        node_id = seen.observation.node_id
+        decision = decide(seen.observation, self.timed(events.history(events.read(self.path)), node_id),
+                          self.goal.limits)
+        self.note_streak(decision.streak, node_id)
+        observed = observation_record(seen.observation)
         if observed != self.last_observed:
             self.record("observed", **observed, step=self.last_step)
             self.last_observed = observed
         return self.act(decision, seen)
+
+    def timed(self, history: History, node_id: str) -> History:
+        """`history` with the seconds the current streak (recovery.SUSPECT / UNREACHABLE) has lasted on this node."""
+        kind, node, since = self.streak
+        lasted = time.monotonic() - since if kind and node == node_id else 0.0
+        return replace(history, suspect_s=lasted if kind == SUSPECT else 0.0,
+                       unreachable_s=lasted if kind == UNREACHABLE else 0.0)
+
+    def note_streak(self, kind: str, node_id: str) -> None:
+        if not kind:
+            self.streak = ("", "", 0.0)
+        elif self.streak[:2] != (kind, node_id):
+            self.streak = (kind, node_id, time.monotonic())
 
     def observe(self) -> Seen:
         """The node through the TPU API and, on a READY node, the run on every worker."""
@@ -217,7 +245,8 @@ class Babysitter:
         if first is not None and first.step:
             self.last_step = first.step.get("step", self.last_step)
         errors = [f"{o.worker}: {o.error}" for o in report.outcomes if not o.ok]
-        return Seen(Observation("READY", node_id, queued, tuple(runs), tuple(codes), run_id), workers, logs, errors)
+        return Seen(Observation("READY", node_id, queued, tuple(runs), tuple(codes), run_id, tuple(errors)), workers,
+                    logs)
 
     def last_node_id(self) -> str:
         ids = [e.get("node_id", "") for e in events.read(self.path) if e["event"] == "observed"]
@@ -246,18 +275,24 @@ class Babysitter:
         return None
 
     def read_failed_log(self, seen: Seen, lines: int = 20) -> list[str]:
-        """The last lines of the first failed worker's log."""
+        """The last lines of the first failed worker's log; none when it cannot be read (gone, the worker
+        unreachable): only shown, it must not keep the `done` event from being recorded."""
+        import paramiko
+
         runs, codes = seen.observation.runs, seen.observation.exit_codes
         failed = next((i for i, (state, code) in enumerate(zip(runs, codes, strict=True))
                        if state == "vanished" or (state == "exited" and code != 0)), None)
         if failed is None or not seen.logs[failed]:
             return []
-        with Session(self.target) as session:
-            sftp = session.sftp(seen.workers[failed])
-            with sftp.open(seen.logs[failed], "rb") as handle:
-                size = handle.stat().st_size
-                handle.seek(max(size - 16384, 0))
-                text = handle.read().decode(errors="replace")
+        try:
+            with Session(self.target) as session:
+                sftp = session.sftp(seen.workers[failed])
+                with sftp.open(seen.logs[failed], "rb") as handle:
+                    size = handle.stat().st_size
+                    handle.seek(max(size - 16384, 0))
+                    text = handle.read().decode(errors="replace")
+        except (OSError, paramiko.SSHException, TpuctlError):
+            return []
         return [f"{seen.workers[failed].label}: {line}" for line in text.splitlines()[-lines:]]
 
     def recreate(self) -> None:
@@ -279,20 +314,22 @@ class Babysitter:
         from tpuctl.ops.runs import utc_stamp
 
         plan = LaunchPlan(self.goal.name, utc_stamp(), tuple(self.goal.command))
+        launched = {}
         with Session(self.target) as session:
             failed = self.stop_failed(session, workers) if stop_first else self.prepare(session, workers)
             if failed is None:
-                self.record("launched", run_id=plan.base)
+                self.record("launched", run_id=plan.base, **({"head": self.synced_head} if self.synced_head else {}))
                 from tpuctl.ops.launch import launch
 
                 report = launch(session, self.target, workers, plan)
                 failed = None if report.ok else "launch: " + "; ".join(report.refused or report.preflight.problems
                                                                         or [o.error or "" for o in report.starts if not o.ok])
+                launched = {"run_id": plan.base}
         if failed is None:
             self.prepare_failures = 0
             return None
         self.prepare_failures += 1
-        self.record("prepare-failed", step=failed, attempt=self.prepare_failures)
+        self.record("prepare-failed", step=failed, attempt=self.prepare_failures, **launched)
         if self.prepare_failures >= MAX_PREPARE_FAILURES:
             self.record("done", result="fail", exit_code=1, step=self.last_step)
             return 1
@@ -307,31 +344,65 @@ class Babysitter:
         return None
 
     def prepare(self, session: Session, workers: list[Worker]) -> str | None:
-        """The steps before a launch on a node without the run; the first failure as `step: why`, or None."""
-        from tpuctl.envfile import load_env_file
-        from tpuctl.ops.secrets import push_secrets
-        from tpuctl.ops.setup import setup
+        """The steps before a launch on a node without the run; the first failure as `step: why`, or None.
+
+        A step refused (BadInput: the SSH agent gone, the .env edited into a bad one, days into the run) fails
+        like any other: recorded, looked at again next turn, MAX_PREPARE_FAILURES in a row end babysit. The same
+        checks ran before babysit began (tpuctl.commands.babysit), so a bad start never gets this far."""
+        steps = (("sync", self.sync_step), ("setup", self.setup_step), ("secrets push", self.secrets_step),
+                 ("verify-env", self.verify_step))
+        for name, step in steps:
+            try:
+                problem = step(session, workers)
+            except BadInput as exc:
+                problem = str(exc)
+            if problem is not None:
+                return f"{name}: {problem}"
+        return None
+
+    def sync_step(self, session: Session, workers: list[Worker]) -> str | None:
+        """Sync origin/BRANCH; refused when it moved since the first launch (unless `follow_branch`): the run
+        resumes from checkpoints the first launch's code wrote, and other code may not read them as it meant."""
         from tpuctl.ops.sync import SyncLabels, sync
-        from tpuctl.ops.verify import verify
 
         synced = sync(session, self.target, workers, SyncLabels.at(datetime.now(UTC), "babysit"))
         if not synced.ok:
-            return "sync: " + "; ".join(synced.preflight.problems or [o.error or "" for o in synced.outcomes if not o.ok]
-                                        or ["the workers disagree on the commit"])
+            return "; ".join(synced.preflight.problems or [o.error or "" for o in synced.outcomes if not o.ok]
+                             or ["the workers disagree on the commit"])
+        self.synced_head = next(iter(synced.heads))
+        began = next((e["head"] for e in events.read(self.path) if e["event"] == "launched" and e.get("head")), "")
+        if began and self.synced_head != began and not self.goal.follow_branch:
+            branch = f"origin/{self.target.branch}"
+            return (f"{branch} is now at {self.synced_head[:7]}, but the run began at {began[:7]} and resumes from "
+                    f"checkpoints that code wrote: push {began[:7]} back to {branch}, or start babysit again with "
+                    f"--follow-branch to resume on the new code")
+        return None
+
+    def setup_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.ops.setup import setup
+
         prepared = setup(session, self.target, workers)
-        if not all(o.ok for o in prepared):
-            return "setup: " + "; ".join(f"{o.worker}: {o.error}" for o in prepared if not o.ok)
-        if self.goal.env_file.exists():
-            pushed = push_secrets(session, self.target, workers, load_env_file(self.goal.env_file))
-            if not all(o.ok for o in pushed):
-                return "secrets push: " + "; ".join(f"{o.worker}: {o.error}" for o in pushed if not o.ok)
+        return "; ".join(f"{o.worker}: {o.error}" for o in prepared if not o.ok) or None
+
+    def secrets_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.envfile import load_env_file
+        from tpuctl.ops.secrets import push_secrets
+
+        if not self.goal.env_file.exists():
+            return None
+        pushed = push_secrets(session, self.target, workers, load_env_file(self.goal.env_file))
+        return "; ".join(f"{o.worker}: {o.error}" for o in pushed if not o.ok) or None
+
+    def verify_step(self, session: Session, workers: list[Worker]) -> str | None:
+        from tpuctl.ops.verify import verify
+
         checked = verify(session, self.target, workers, self.target.expect_backend)
         if not checked.ok:
-            return "verify-env: " + "; ".join(checked.env.problems or [o.error or "" for o in checked.outcomes if not o.ok])
+            return "; ".join(checked.env.problems or [o.error or "" for o in checked.outcomes if not o.ok])
         return None
 
 
 def observation_record(seen: Observation) -> dict[str, Any]:
     return {"node": seen.node, "node_id": seen.node_id, "queued": seen.queued, "runs": list(seen.runs),
-            "exit_codes": list(seen.exit_codes), "run_id": seen.run_id}
+            "exit_codes": list(seen.exit_codes), "run_id": seen.run_id, "errors": list(seen.errors)}
 

@@ -1,4 +1,4 @@
-"""The events file of a babysat run: `logs/<name>.events.jsonl`, append-only, one JSON object a line.
+"""The events file of a babysat run: `logs/<name>.events.jsonl` beside tpuctl.toml, append-only, one JSON object a line.
 
 Every line has `time` (UTC, ISO 8601 with microseconds) and `event`:
 - `goal`: babysit began watching: `command` (the argv), `node` (the spec it recreates: accelerator_type,
@@ -9,8 +9,10 @@ Every line has `time` (UTC, ISO 8601 with microseconds) and `event`:
 - `action`: what a turn did: `action` (tpuctl.ops.recovery.Action), `reason`, and the ids it counts
   (`preempted_node`, `failed_run`);
 - `launched`: a run is being started: `run_id` (written before the launch, so a babysit killed during it
-  still knows the run as its own);
-- `prepare-failed`: a step before a launch failed (`step`, `attempt`); `error`: a turn failed (`error`,
+  still knows the run as its own) and `head`, the commit the workers were synced to (the first one is the
+  commit a resumed run must keep);
+- `prepare-failed`: a step before a launch failed (`step`, `attempt`; `run_id` when the launch itself
+  failed, so that `launched` does not count as a start); `error`: a turn failed (`error`,
   `attempt`); the next turn looks again;
 - `done`: babysit ended: `result` (succeed | fail | give-up), `exit_code`.
 
@@ -31,7 +33,8 @@ from typing import Any
 from tpuctl.ops.recovery import Action, History
 
 
-def events_path(name: str, folder: Path = Path("logs")) -> Path:
+def events_path(name: str, folder: Path) -> Path:
+    """The events file of run `name` in `folder` (the project folder's logs/, whatever the current folder)."""
     return folder / f"{name}.events.jsonl"
 
 
@@ -97,22 +100,29 @@ class Summary:
 
 
 def summarize(events: list[dict[str, Any]]) -> Summary:
+    """Preemptions are counted by node id (a recreate refused and tried again is one preemption), failures by
+    run id, and launches only when they started (a `launched` whose launch failed is followed by a
+    `prepare-failed` naming its run_id): restarts and the time lost end at a run that really started."""
     summary = Summary()
+    not_started = {e.get("run_id") for e in events if e["event"] == "prepare-failed" and e.get("run_id")}
+    preempted: set[str] = set()
+    failed: set[str] = set()
     lost_since: datetime | None = None
     for event in events:
         kind = event["event"]
         if kind == "goal":
             summary.command, summary.started = list(event.get("command", [])), event["time"]
         elif kind == "action" and event.get("action") == Action.RECREATE:
-            summary.preemptions += 1
+            preempted.add(event.get("preempted_node", ""))
             lost_since = lost_since or parse_time(event["time"])
         elif kind == "action" and event.get("failed_run"):
-            summary.failures += 1
-        elif kind == "launched":
+            failed.add(event["failed_run"])
+        elif kind == "launched" and event.get("run_id") not in not_started:
             summary.launches += 1
             if lost_since is not None:
                 summary.lost_s.append((parse_time(event["time"]) - lost_since).total_seconds())
                 lost_since = None
         elif kind == "done":
             summary.result, summary.exit_code, summary.finished = event.get("result", ""), event.get("exit_code"), event["time"]
+    summary.preemptions, summary.failures = len(preempted), len(failed)
     return summary

@@ -2,9 +2,10 @@
 
 Pure, with no I/O, so that every case is a unit test. The loop around it (tpuctl.ops.babysit) observes
 the node through the TPU API and the run on every worker, asks `decide`, does the action and records
-both in the events file. Nothing is kept in memory between turns: what was counted so far
-(preemptions by node id, failures by run) is read back from the events file, so a babysit killed
-and started again decides exactly as the first one would have.
+both in the events file. What was counted so far (preemptions by node id, failures by run) is read
+back from the events file, so a babysit killed and started again counts exactly as the first one
+would have; only how long a suspect picture has lasted on a READY node (History.suspect_s,
+unreachable_s) is timed in memory, and a restarted babysit times it from 0, which only waits longer.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Observation:
     runs: tuple[str, ...] = ()
     exit_codes: tuple[int | None, ...] = ()
     run_id: str = ""
+    errors: tuple[str, ...] = ()  # why workers did not answer ("worker N: ..."), for an `unreachable` run
 
     def __post_init__(self) -> None:
         unknown = set(self.runs) - RUN_STATES
@@ -56,16 +58,22 @@ class Observation:
 
 @dataclass(frozen=True)
 class History:
-    """What earlier turns counted, read back from the events file."""
+    """What earlier turns counted, read back from the events file; and, kept by the loop in memory, for how
+    many seconds the same node id has shown the same suspect picture (a restarted babysit starts those at 0,
+    which only waits longer)."""
 
     preempted_nodes: frozenset[str] = field(default_factory=frozenset)
     failed_runs: frozenset[str] = field(default_factory=frozenset)
+    suspect_s: float = 0.0  # seconds this READY node has shown a run that exited 143 or vanished
+    unreachable_s: float = 0.0  # seconds this READY node has had a worker that does not answer
 
 
 @dataclass(frozen=True)
 class Limits:
     max_preemptions: int = 10
     max_failures: int = 0
+    suspect_wait_s: float = 120.0  # how long a run TERMed on a READY node may wait for the API to say PREEMPTED
+    unreachable_wait_s: float = 1800.0  # how long a worker of a READY node may not answer before babysit ends
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,13 @@ class Decision:
     exit_code: int = 0  # for FAIL and GIVE_UP: what babysit exits with
     counts_preemption: str = ""  # the node id a RECREATE counts as preempted
     counts_failure: str = ""  # the run id a RELAUNCH or FAIL counts as failed
+    streak: str = ""  # SUSPECT or UNREACHABLE: the picture whose duration the loop measures (History)
 
 
 GIVE_UP_EXIT = 3
+TERMINATED_EXIT = 143  # 128 + SIGTERM: what a spot preemption's TERM makes of the trainer
+SUSPECT = "suspect"
+UNREACHABLE = "unreachable"
 
 
 def decide(seen: Observation, history: History, limits: Limits) -> Decision:
@@ -106,11 +118,30 @@ def _preempted(seen: Observation, history: History, limits: Limits) -> Decision:
 
 
 def _on_ready_node(seen: Observation, history: History, limits: Limits) -> Decision:
+    """A READY node's run. Two pictures are not believed at once, for a bounded time on the same node id:
+
+    - a run that exited 143 (TERM) or vanished: a spot preemption TERMs the trainer (it checkpoints and exits
+      143) some 30 s before the TPU API stops reporting READY. Counting it as a failure would end babysit on
+      the very event it exists for, so the turn waits (WAIT, `streak` SUSPECT) for the API to say PREEMPTED;
+      only a node still READY after `suspect_wait_s` makes it a failure. Any other non-zero code fails at once.
+    - a worker that does not answer: a new VM's sshd, or a network blip, comes back; a worker that never does
+      (a refused host key, a broken disk) must not keep babysit waiting forever: after `unreachable_wait_s`
+      babysit ends with exit 1 and the workers' errors.
+    """
     runs = seen.runs
     if "unreachable" in runs:
-        return Decision(Action.WAIT, f"workers {_where(runs, 'unreachable')} do not answer on a READY node")
+        where = f"workers {_where(runs, 'unreachable')} do not answer on READY node {seen.node_id}"
+        why = "".join(f"; {error}" for error in seen.errors)
+        if history.unreachable_s >= limits.unreachable_wait_s:
+            return Decision(Action.FAIL, f"{where} for {history.unreachable_s:.0f} s{why}", 1, streak=UNREACHABLE)
+        return Decision(Action.WAIT, f"{where}{why}", streak=UNREACHABLE)
     failed = [i for i, (state, code) in enumerate(zip(runs, seen.exit_codes, strict=True))
               if state == "vanished" or (state == "exited" and code != 0)]
+    suspect = failed and all(runs[i] == "vanished" or seen.exit_codes[i] == TERMINATED_EXIT for i in failed)
+    if suspect and history.suspect_s < limits.suspect_wait_s:
+        return Decision(Action.WAIT, f"the run was TERMed or vanished on workers {', '.join(map(str, failed))} of "
+                                     f"READY node {seen.node_id}: a preemption the API has not reported yet?",
+                        streak=SUSPECT)
     if failed:
         return _failed(seen, history, limits, failed)
     if "running" in runs:
