@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.tpuctl.helpers import exit_text, logs, run
 from tests.trainer.helpers import check_offline_page
 from trainer.metrics_log import encode_line
@@ -143,3 +144,18 @@ def test_report_without_matplotlib_says_which_extra_to_install(synced1):
     done = tpuctl_without("matplotlib", "report")
     assert done.returncode == 1 and "pip install 'tpuctl[report]'" in done.stderr
     assert not (synced1.folder / "reports").exists()
+
+
+def test_the_progress_bar_ends_on_the_runs_last_state(synced1):
+    """`tail --until-exit --progress` stops the bar when the run ends: what it shows last must be read after
+    that end, not the state of up to one polling interval before (a 3-step run's bar stayed at 0/3)."""
+    from tpuctl.ops.tail import ProgressWatch
+
+    metrics = finished_run(synced1)
+    metrics.write_bytes(encode_line({**HEADER, "total_steps": 3}))
+    shown = []
+    session, workers = synced1.session()
+    with session, ProgressWatch(session, "~/repo", workers[0], "train", shown.append, interval_s=3600):
+        wait_for(lambda: shown)  # the first read, before the steps: 0/3
+        metrics.write_bytes(encode_line({**HEADER, "total_steps": 3}) + step(0) + step(1) + step(2))
+    assert (shown[0].steps_done, shown[-1].steps_done, shown[-1].total_steps) == (0, 3, 3)

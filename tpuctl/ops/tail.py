@@ -270,7 +270,10 @@ class ProgressWatch:
     def _run(self) -> None:
         base, sftp = None, None
         try:
-            while not self._stop.is_set():
+            while True:
+                # Asked to stop (the run ended): one more read, so the bar ends on the run's last state
+                # rather than on what it was up to an interval before.
+                last = self._stop.is_set()
                 try:
                     base = base or locate(self.session, self.worker, self.target_repo, self.name)
                     sftp = sftp or self._open_sftp()
@@ -279,6 +282,8 @@ class ProgressWatch:
                         self.show(progress)
                 except (TpuctlError, OSError, EOFError, paramiko.SSHException):
                     sftp = _closed(sftp)  # a new client at the next read; the follower reconnects the connection
+                if last:
+                    return
                 self._stop.wait(self.interval_s)
         finally:
             _closed(sftp)
