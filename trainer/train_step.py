@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from trainer import sharding
 from trainer.config import OptimSection, TrainSection
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import Qwen2ForCausalLM, prompt_positions
+from trainer.model.qwen2 import Qwen2ForCausalLM, prompt_positions, stack_layers, unstack_layers
 
 
 @flax.struct.dataclass
@@ -141,19 +141,22 @@ def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransforma
     loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: TrainBatch):
+        # Unrolled layers take their weights split per layer once, outside the micro-batch loop.
+        params = state.params if model.scan_layers else unstack_layers(state.params)
         weights_NxC = token_weights(batch.loss_mask_NxC, train.loss_type)
         micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro), (batch, weights_NxC))
 
         def accumulate(carry, micro):
             grads, loss, sums, maxes = carry
-            (micro_loss, (micro_sums, micro_maxes)), micro_grads = loss_and_grad(state.params, *micro)
+            (micro_loss, (micro_sums, micro_maxes)), micro_grads = loss_and_grad(params, *micro)
             return (jax.tree.map(jnp.add, grads, micro_grads), loss + micro_loss,
                     jax.tree.map(jnp.add, sums, micro_sums), jax.tree.map(jnp.maximum, maxes, micro_maxes)), None
 
-        _, stats_shape = jax.eval_shape(loss_fn, state.params, *jax.tree.map(lambda x: x[0], micro_batches))
-        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0),
+        _, stats_shape = jax.eval_shape(loss_fn, params, *jax.tree.map(lambda x: x[0], micro_batches))
+        init = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0),
                 *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
         (grads, loss, sums, maxes), _ = jax.lax.scan(accumulate, init, micro_batches)
+        grads = grads if model.scan_layers else stack_layers(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         tokens = jnp.maximum(batch.completion_mask_NxC.sum(), 1.0)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}

@@ -48,7 +48,8 @@ def test_unrolled_cached_decode_writes_one_cache_per_layer_and_equals_the_scanne
     full, _ = Qwen2ForCausalLM(config).apply({"params": params}, ids, positions, mask)
     cache = KVCache.zeros(config, 4, 12, jnp.float32, per_layer=True)
     assert len(cache.keys) == config.num_hidden_layers
-    assert cache.keys[0].shape == (4, config.num_key_value_heads, 12, config.head_dim)
+    assert cache.keys[0].shape == (4, config.num_key_value_heads, config.head_dim, 12)
+    assert cache.values[0].shape == (4, config.num_key_value_heads, 12, config.head_dim)
     _, cache = model.apply({"params": params}, ids[:, :9], positions[:, :9], mask, cache, 0)
     for col in range(9, 12):
         step, cache = model.apply({"params": params}, ids[:, col:col + 1], positions[:, col:col + 1], mask, cache, col)
@@ -67,9 +68,12 @@ def test_unrolled_layers_give_the_scanned_gradients(tiny_model_dir, remat):
     scanned = objective(Qwen2ForCausalLM(config))(params)
     unrolled = objective(Qwen2ForCausalLM(config, remat=remat, scan_layers=False))(params)
     assert jax.tree.structure(unrolled) == jax.tree.structure(scanned)
+    largest = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(scanned))
+    assert largest > 1e-3
+    # The unrolled layers' fused projections and transposed keys sum in another order: measured, each path is
+    # within 3e-4 of a float64 reference on gradients up to 39 (under 1e-5 of the largest).
     for got, want in zip(jax.tree.leaves(unrolled), jax.tree.leaves(scanned), strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-4)
-    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(scanned)) > 1e-3
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5 * largest, rtol=1e-4)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

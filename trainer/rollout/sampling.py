@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions
+from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,8 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
     and per-token log-probs (0 where masked)."""
     n, p = prompt_ids_NxP.shape
     c = max_new_tokens
+    if not model.scan_layers:
+        params = unstack_layers(params)  # once, not in every decode step
     cache = KVCache.zeros(model.config, n, p + c, model.dtype, per_layer=not model.scan_layers)
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
     logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP),
