@@ -5,12 +5,12 @@ forward runs through them (`scan_layers`):
 - scanned (`nn.scan`): compile time does not grow with depth and the KV cache is one stacked array per
   K and V. What a TPU wants: a 28-layer model compiles once per layer, not 28 times, and XLA's TPU
   backend runs the loop body without extra copies.
-- unrolled (a Python loop over the layers, each reading its slice of the stacked parameters): XLA sees
-  the whole forward at once and every layer keeps its own KV cache, so a decode step writes and reads
-  each layer's keys in place instead of slicing them out of the stacked cache. On the 2-core CPU, on
-  the peer workload's 4-layer model, a decode step with inverse-CDF draws takes 0.94x (with Gumbel-max
-  1.03x) and the update 0.97x of the scan's (bench/peers/fast_paths.py): a small gain, measured on
-  small models only. Compile time grows with depth, which a small model does not notice.
+- unrolled (a Python loop over the layers, each with its own weights, made once from the stacked
+  ones by `unstack_layers`): XLA sees the whole forward at once and every layer keeps its own KV cache,
+  so a decode step writes and reads each layer's keys in place instead of slicing them out of the
+  stacked cache; and the layers run in their own layout (`DecoderLayer` says which and why). On the
+  2-core CPU, on the peer workload's 4-layer model, bench/peers/fast_paths.py measures a decode step
+  and the update against the scan's. Compile time grows with depth, which a small model does not notice.
 The same forward serves training (no cache, causal mask over the whole row) and sampling (a
 preallocated cache written at `write_index`). Keys and values are kept heads first ([batch, kv heads,
 positions, head_dim]), the layout the attention contractions read, so the cache is never transposed
@@ -189,10 +189,10 @@ def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, keys_transposed: bool
     group x positions, head_dim]), so each contraction is one plain matmul per (row, KV head) with the
     keys and values in the cache's own layout. The same contractions written with the group and the
     positions as separate axes ("btkgd,bksd->bkgts") made XLA's CPU backend transpose the values and
-    the output around every product: a CPU decode step's attention took 2.4x and a training forward and
-    backward 1.75x as long (bench/peers/attention_layouts.py). A TPU's layout assignment reaches the same
-    batched matmul from either spelling, so the one layout serves every platform. With
-    `keys_transposed` the keys come as [batch, kv heads, head_dim, positions]."""
+    the output around every product: on the CPU this spelling's attention takes 0.2x the time of that
+    one in decoding and 0.64x in a training forward and backward (bench/peers/attention_layouts.py).
+    A TPU's layout assignment reaches the same batched matmul from either spelling, so the one layout
+    serves every platform. With `keys_transposed` the keys come as [batch, kv heads, head_dim, positions]."""
     b, t, n, d = q_BxTxNxD.shape
     kv_heads = v_BxKxSxD.shape[1]
     g = n // kv_heads
@@ -232,7 +232,8 @@ class DecoderLayer(nn.Module):
       kernel and one gate|up kernel, so the input is read once and its gradient is one matmul instead of
       three (two) and their sum; and the keys transposed, [batch, kv heads, head_dim, positions], so the
       query-key product reads them as a plain matmul's right-hand side. On the CPU a decode step's
-      query-key products take 0.4x the time of the other key layout (bench/peers/attention_layouts.py).
+      attention takes 0.5x the time it takes with keys after positions, a training pass about the same
+      (bench/peers/attention_layouts.py).
     Both compute the same function of the same parameters (tests/trainer/test_trainer_fast_paths.py)."""
 
     config: Qwen2Config
