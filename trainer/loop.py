@@ -47,7 +47,7 @@ from trainer.advantages import group_advantages, informative_rows
 from trainer.auto_values import resolve_auto_values
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainerConfig, to_yaml
-from trainer.data import PromptStream, fitting_problems, left_pad, load_problems
+from trainer.data import PromptStream, fitting_problems, left_pad, load_problems, shared_prompt_group
 from trainer.evaluation import evaluate
 from trainer.metrics import WandbLogger, print_flushed, step_line, step_metrics, timed
 from trainer.metrics_log import MetricsLog
@@ -176,7 +176,8 @@ class GRPOLoop:
         rows = self.runtime.this_process_rows(self.config.rows)
         host = TrainBatch(prompt_ids, prompt_mask, rollout.completion_ids_NxC,
                           rollout.completion_mask_NxC.astype(np.float32), self.loss_mask(rollout, rewards_N, rows),
-                          advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC)
+                          advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC,
+                          prompt_group=shared_prompt_group(prompt_ids, prompt_mask, self.config.rollout.group_size))
         return global_batch(host, self.runtime.mesh)
 
     def loss_mask(self, rollout: RolloutOutput, rewards_N: np.ndarray, rows: slice) -> np.ndarray:
@@ -199,9 +200,9 @@ class GRPOLoop:
         step's metrics, with the rollout/trainer mismatch of the first (the policy that sampled)."""
         args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
         if self.use_old_logps:
-            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
+            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args, prompt_group=batch.prompt_group))
         if self.ref_params is not None:
-            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
+            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args, prompt_group=batch.prompt_group))
         steps = []
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)

@@ -80,20 +80,24 @@ def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int, inverse_
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id",
-                                             "inverse_cdf"))
+                                             "inverse_cdf", "prompt_group"))
 def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, *,
              max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int,
-             inverse_cdf: bool = False):
+             inverse_cdf: bool = False, prompt_group: int = 1):
     """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
-    and per-token log-probs (0 where masked)."""
+    and per-token log-probs (0 where masked). Where every prompt_group consecutive rows share a prompt
+    (trainer.data.shared_prompt_group) the prefill runs once per group and its cache is repeated."""
     n, p = prompt_ids_NxP.shape
     c = max_new_tokens
     if not model.scan_layers:
         params = unstack_layers(params)  # once, not in every decode step
-    cache = KVCache.zeros(model.config, n, p + c, model.dtype, per_layer=not model.scan_layers)
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
-    logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP),
-                                key_valid_NxS, cache, 0, logits_last_n=1)
+    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group],
+                             key_valid_NxS[::prompt_group], c)
+    if prompt_group > 1:
+        rows_axis = 1 if model.scan_layers else 0  # a stacked cache is [layers, rows, ...]
+        cache = jax.tree.map(lambda x: jnp.repeat(x, prompt_group, axis=rows_axis), cache)
+        logits = jnp.repeat(logits, prompt_group, axis=0)
     lengths_N = prompt_mask_NxP.sum(axis=1).astype(jnp.int32)
     stop_ids_arr = jnp.asarray(stop_ids, jnp.int32)
 
@@ -118,3 +122,11 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
              jnp.zeros((n, c), jnp.float32), jnp.zeros((n,), bool), rng)
     _, _, _, ids, mask, logps, _, _ = jax.lax.while_loop(cond, body, state)
     return ids, mask, logps
+
+
+def prefill(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, key_valid_NxS, new_tokens: int):
+    """The last prompt position's logits and a KV cache holding the prompts, with room for new_tokens."""
+    n, p = prompt_ids_NxP.shape
+    cache = KVCache.zeros(model.config, n, p + new_tokens, model.dtype, per_layer=not model.scan_layers)
+    return model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP), key_valid_NxS, cache, 0,
+                       logits_last_n=1)

@@ -1,0 +1,135 @@
+"""Each GRPO group's prompt forwarded once: in the sampler's prefill and in the update, against the
+whole-row paths they replace, and the check that decides when rows share a prompt."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from trainer.config import TrainSection
+from trainer.data import left_pad, shared_prompt_group
+from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from trainer.model.weights import load_params
+from trainer.rollout.sampling import generate
+from trainer.sharding import make_mesh, put_tree, tree_shardings
+from trainer.train_step import (
+    TrainBatch,
+    completion_logps,
+    global_batch,
+    init_state,
+    make_logps_fn,
+    make_train_step,
+    usable_prompt_group,
+)
+
+GROUP, NEW = 3, 5
+PROMPT_LENGTHS = (9, 4, 12, 1)  # left-padded to 12: every group has its own padding
+
+
+def _rows(seed=0):
+    """Four prompts of different lengths, each repeated GROUP times, and a distinct completion per row."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, 400, size=n).tolist() for n in PROMPT_LENGTHS]
+    ids, mask = left_pad([p for p in prompts for _ in range(GROUP)], 12, pad_id=0)
+    completions = rng.integers(3, 400, (ids.shape[0], NEW)).astype(np.int32)
+    return ids, mask, completions
+
+
+def _model(model_dir, scan_layers=False):
+    config = Qwen2Config.from_dir(model_dir)
+    return Qwen2ForCausalLM(config, scan_layers=scan_layers), jax.tree.map(
+        jnp.asarray, load_params(model_dir, config, np.float32))
+
+
+def test_rows_share_a_prompt_only_when_every_group_is_identical():
+    ids, mask, _ = _rows()
+    assert shared_prompt_group(ids, mask, GROUP) == GROUP
+    assert shared_prompt_group(ids, mask, 1) == 1
+    assert shared_prompt_group(ids[:-1], mask[:-1], GROUP) == 1  # rows not whole groups
+    one_token_off = ids.copy()
+    one_token_off[4, -1] += 1  # the second row of the second group
+    assert shared_prompt_group(one_token_off, mask, GROUP) == 1
+    padding_moved = mask.copy()
+    padding_moved[4, 0] = 1  # same ids, another mask (the 4-token prompt): positions and keys differ
+    assert shared_prompt_group(ids, padding_moved, GROUP) == 1
+    assert shared_prompt_group(ids, mask, 2 * GROUP) == 1  # groups of 6 rows would mix two prompts
+
+
+@pytest.mark.parametrize("scan_layers, rows, num_micro, expected", [
+    (False, 12, 1, GROUP), (False, 12, 2, GROUP), (False, 12, 4, GROUP),  # 4 groups: 4, 2 or 1 per micro-batch
+    (False, 12, 3, 1), (False, 12, 6, 1),  # a group would straddle two micro-batches
+    (True, 12, 1, 1)])  # scanned layers forward whole rows
+def test_the_update_shares_prompts_with_unrolled_layers_and_whole_groups_per_micro_batch(tiny_model_dir, scan_layers,
+                                                                                          rows, num_micro, expected):
+    model, _ = _model(tiny_model_dir, scan_layers)
+    assert usable_prompt_group(model, GROUP, rows, num_micro) == expected
+
+
+def test_shared_prompt_log_probs_equal_the_whole_row_forward(untied_sharded_model_dir):
+    model, params = _model(untied_sharded_model_dir)
+    ids, mask, completions = map(jnp.asarray, _rows())
+    whole = completion_logps(model, params, ids, mask, completions, 0.8)
+    shared = completion_logps(model, params, ids, mask, completions, 0.8, prompt_group=GROUP)
+    for got, want in zip(shared, whole, strict=True):
+        assert np.abs(np.asarray(want)).max() > 0.1
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+
+
+def test_shared_prompt_forward_needs_unrolled_layers(tiny_model_dir):
+    model, params = _model(tiny_model_dir, scan_layers=True)
+    ids, mask, completions = map(jnp.asarray, _rows())
+    with pytest.raises(ValueError, match="unrolled layers"):
+        completion_logps(model, params, ids, mask, completions, 1.0, prompt_group=GROUP)
+
+
+def test_old_log_probs_share_the_prompt_alike(tiny_model_dir):
+    model, params = _model(tiny_model_dir)
+    ids, mask, completions = map(jnp.asarray, _rows(1))
+    logps_fn = make_logps_fn(model, make_mesh("1,-1,1"), 1.0)
+    np.testing.assert_allclose(np.asarray(logps_fn(params, ids, mask, completions, prompt_group=GROUP)),
+                               np.asarray(logps_fn(params, ids, mask, completions)), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_micro", [1, 4])
+def test_the_shared_prompt_update_moves_every_weight_as_the_whole_row_update(untied_sharded_model_dir, num_micro):
+    """Plain SGD: the change is minus the gradient, where the prompt's share is the sum over its group."""
+    model, host_params = _model(untied_sharded_model_dir)
+    ids, mask, completions = _rows(2)
+    rows = ids.shape[0]
+    completion_mask = np.ones((rows, NEW), np.float32)
+    completion_mask[2, 3:] = 0  # one completion stopped early
+    host = TrainBatch(ids, mask, completions, completion_mask, completion_mask.copy(),
+                      np.random.default_rng(3).standard_normal(rows).astype(np.float32))
+    mesh, sgd, deltas = make_mesh("1,-1,1"), optax.sgd(1.0), []
+    for group in (1, GROUP):
+        params = put_tree(jax.tree.map(np.asarray, host_params), tree_shardings(host_params, mesh))
+        state, shardings = init_state(params, sgd, mesh)
+        step = make_train_step(model, sgd, TrainSection(), num_micro, 1.0, shardings, mesh)
+        new_state, metrics = step(state, global_batch(host.replace(prompt_group=group), mesh))
+        deltas.append((jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), host_params,
+                                    jax.device_get(new_state.params)), jax.device_get(metrics)))
+    (whole, whole_metrics), (shared, shared_metrics) = deltas
+    largest = max(np.abs(d).max() for d in jax.tree.leaves(whole))
+    assert largest > 1e-4
+    for got, want in zip(jax.tree.leaves(shared), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5 * largest, rtol=1e-4)
+    for key in ("loss", "entropy", "grad_norm"):
+        np.testing.assert_allclose(shared_metrics[key], whole_metrics[key], rtol=1e-4)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_shared_prefill_samples_what_one_prefill_per_row_samples(tiny_model_dir, scan_layers):
+    model, params = _model(tiny_model_dir, scan_layers)
+    ids, mask, _ = map(jnp.asarray, _rows(4))
+
+    def sample(group, temperature):
+        return generate(model, params, ids, mask, jax.random.key(7), jnp.float32(temperature), max_new_tokens=6,
+                        top_k=-1, top_p=1.0, stop_ids=(), pad_id=0, prompt_group=group)
+
+    for temperature in (0.0, 1.0):  # greedy, then sampled: the same draws from the same distribution
+        (ids_1, mask_1, logps_1), (ids_g, mask_g, logps_g) = sample(1, temperature), sample(GROUP, temperature)
+        np.testing.assert_array_equal(np.asarray(ids_g), np.asarray(ids_1))
+        np.testing.assert_array_equal(np.asarray(mask_g), np.asarray(mask_1))
+        np.testing.assert_allclose(np.asarray(logps_g), np.asarray(logps_1), atol=2e-5, rtol=1e-5)
+    assert len({tuple(row) for row in np.asarray(ids_1)}) > len(PROMPT_LENGTHS)  # rows of a group drew differently
