@@ -16,9 +16,10 @@ that step spent outside generate, update and push by its own timings (prompt enc
 advantages, the step report). "old_logps_pass" is not in this workload's step: it is the extra forward
 the loop runs for old log-probs with rollout.backend=sglang_jax or train.num_iterations > 1.
 
-Floors, for the work the trainer does (a shared prompt counted once): compute phases FLOPs / the jnp.dot peak; decode per token max(bytes read / bandwidth,
-FLOPs / peak) with every parameter and the KV cache read once per token; the optimizer's bytes
-(params, grads, two moments read, three written) / bandwidth.
+Floors, for the work the trainer does (a shared prompt counted once): compute phases FLOPs / the
+jnp.dot peak; decode per token max(bytes read / bandwidth, FLOPs / peak) with every parameter and the
+KV cache read once per token; the optimizer's bytes (params, grads, two moments read, three written) /
+bandwidth.
 """
 
 from __future__ import annotations
