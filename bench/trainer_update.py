@@ -40,10 +40,14 @@ def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: in
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
     linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * config.intermediate_size)
     t = prompt_len + new_tokens
-    positions = rows // prompt_group * prompt_len + rows * new_tokens
-    per_position = 2 * linear + 4 * layers * config.num_attention_heads * d * t  # each attends over the whole row
+    prompt_rows = rows // prompt_group
+    # A whole row's positions attend over all t keys (masked causally); a shared prompt's over its own.
+    prompt_keys = t if prompt_group == 1 else prompt_len
+    linear_flops = 2 * linear * (prompt_rows * prompt_len + rows * new_tokens)
+    attention_flops = 4 * layers * config.num_attention_heads * d * (prompt_rows * prompt_len * prompt_keys
+                                                                      + rows * new_tokens * t)
     logits = rows * 2 * (new_tokens + 1) * h * config.vocab_size  # logits only over the completion
-    return forwards * (positions * per_position + logits)
+    return forwards * (linear_flops + attention_flops + logits)
 
 
 def trainer_prompt_group(loop: GRPOLoop) -> int:

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from trainer import sharding
 from trainer.config import OptimSection, TrainSection
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions, stack_layers, unstack_layers
+from trainer.model.qwen2 import Qwen2ForCausalLM, prefill, prompt_positions, stack_layers, unstack_layers
 
 
 @flax.struct.dataclass
@@ -114,13 +114,9 @@ def shared_prompt_logits(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt
     backward would keep a copy of it for every layer."""
     if model.scan_layers:
         raise ValueError("a shared-prompt forward needs unrolled layers (model.layer_loop=unrolled)")
-    (n, p), c = prompt_ids_NxP.shape, completion_ids_NxC.shape[1]
-    prompt_ids_GxP, prompt_mask_GxP = prompt_ids_NxP[::group], prompt_mask_NxP[::group]
-    cache = KVCache.zeros(model.config, n // group, p + c, model.dtype, per_layer=True)
-    key_valid_GxS = jnp.concatenate([prompt_mask_GxP, jnp.ones((n // group, c), prompt_mask_GxP.dtype)], axis=1)
+    p, c = prompt_ids_NxP.shape[1], completion_ids_NxC.shape[1]
     # The last prompt position predicts the first completion token.
-    last_prompt_logits_Gx1xV, cache = model.apply({"params": params}, prompt_ids_GxP, prompt_positions(prompt_mask_GxP),
-                                                  key_valid_GxS, cache, 0, logits_last_n=1)
+    last_prompt_logits_Gx1xV, cache = prefill(model, params, prompt_ids_NxP[::group], prompt_mask_NxP[::group], c)
     cache = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), cache)
     lengths_Nx1 = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones_like(completion_ids_NxC)], axis=1)

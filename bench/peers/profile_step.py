@@ -44,8 +44,7 @@ from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
 from trainer.loop import GRPOLoop, StopSignal
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import prompt_positions, unstack_layers
-from trainer.rollout.sampling import prefill
+from trainer.model.qwen2 import prefill, prompt_positions, unstack_layers
 from trainer.runtime import start
 from trainer.testing import perf
 from trainer.train_step import shared_prompt_logits
@@ -106,11 +105,9 @@ def phase_functions(loop: GRPOLoop, group: int):
     @functools.partial(jax.jit, static_argnames="new_tokens")
     def prefill_fn(params, ids, mask, new_tokens):
         """The sampler's prefill, of one row per group as the sampler runs it."""
-        ids, mask = ids[::loop.backend.group_size], mask[::loop.backend.group_size]
-        key_valid = jnp.concatenate([mask, jnp.ones((ids.shape[0], new_tokens), mask.dtype)], axis=1)
         if not model.scan_layers:
             params = unstack_layers(params)
-        return prefill(model, params, ids, mask, key_valid, new_tokens)
+        return prefill(model, params, ids[::loop.backend.group_size], mask[::loop.backend.group_size], new_tokens)
 
     return {"forward": jax.jit(logits_fn), "log_probs": jax.jit(loss_from_logits),
             "forward_and_backward": jax.jit(jax.grad(loss_fn)), "optimizer": jax.jit(optimizer_fn),

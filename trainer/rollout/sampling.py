@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions, unstack_layers
+from trainer.model.qwen2 import Qwen2ForCausalLM, prefill, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +92,7 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
     if not model.scan_layers:
         params = unstack_layers(params)  # once, not in every decode step
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
-    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group],
-                             key_valid_NxS[::prompt_group], c)
+    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group], c)
     if prompt_group > 1:
         rows_axis = 1 if model.scan_layers else 0  # a stacked cache is [layers, rows, ...]
         cache = jax.tree.map(lambda x: jnp.repeat(x, prompt_group, axis=rows_axis), cache)
@@ -122,11 +121,3 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
              jnp.zeros((n, c), jnp.float32), jnp.zeros((n,), bool), rng)
     _, _, _, ids, mask, logps, _, _ = jax.lax.while_loop(cond, body, state)
     return ids, mask, logps
-
-
-def prefill(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, key_valid_NxS, new_tokens: int):
-    """The last prompt position's logits and a KV cache holding the prompts, with room for new_tokens."""
-    n, p = prompt_ids_NxP.shape
-    cache = KVCache.zeros(model.config, n, p + new_tokens, model.dtype, per_layer=not model.scan_layers)
-    return model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP), key_valid_NxS, cache, 0,
-                       logits_last_n=1)
