@@ -116,13 +116,13 @@ def shared_prompt_logits(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt
         raise ValueError("a shared-prompt forward needs unrolled layers (model.layer_loop=unrolled)")
     p, c = prompt_ids_NxP.shape[1], completion_ids_NxC.shape[1]
     # The last prompt position predicts the first completion token.
-    last_prompt_logits_Gx1xV, cache = prefill(model, params, prompt_ids_NxP[::group], prompt_mask_NxP[::group], c)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), cache)
+    last_prompt_logits_Nx1xV, cache = prefill(model, params, prompt_ids_NxP[::group], prompt_mask_NxP[::group], c,
+                                              group)
     lengths_Nx1 = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones_like(completion_ids_NxC)], axis=1)
     completion_logits, _ = model.apply({"params": params}, completion_ids_NxC, lengths_Nx1 + jnp.arange(c),
                                        key_valid_NxS, cache, p, logits_last_n=c - 1, logits_skip_last=1)
-    return jnp.concatenate([jnp.repeat(last_prompt_logits_Gx1xV, group, axis=0), completion_logits], axis=1)
+    return jnp.concatenate([last_prompt_logits_Nx1xV, completion_logits], axis=1)
 
 
 def usable_prompt_group(model: Qwen2ForCausalLM, prompt_group: int, rows: int, num_micro: int = 1) -> int:

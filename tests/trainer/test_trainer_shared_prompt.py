@@ -9,7 +9,7 @@ import pytest
 
 from trainer.config import TrainSection
 from trainer.data import left_pad, shared_prompt_group
-from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM, repeat_rows
 from trainer.model.weights import load_params
 from trainer.rollout.sampling import generate
 from trainer.sharding import make_mesh, put_tree, tree_shardings
@@ -133,3 +133,13 @@ def test_a_shared_prefill_samples_what_one_prefill_per_row_samples(tiny_model_di
         np.testing.assert_array_equal(np.asarray(mask_g), np.asarray(mask_1))
         np.testing.assert_allclose(np.asarray(logps_g), np.asarray(logps_1), atol=2e-5, rtol=1e-5)
     assert len({tuple(row) for row in np.asarray(ids_1)}) > len(PROMPT_LENGTHS)  # rows of a group drew differently
+
+
+def test_repeated_rows_give_back_the_sum_of_their_copies_gradients():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32)
+    weights = jnp.asarray(rng.standard_normal((2 * GROUP, 3, 4)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(repeat_rows(x, GROUP)), np.repeat(np.asarray(x), GROUP, axis=0))
+    got = jax.grad(lambda a: jnp.sum(weights * repeat_rows(a, GROUP)))(x)
+    want = np.asarray(weights).reshape(2, GROUP, 3, 4).sum(axis=1)  # row i's copies are rows i*GROUP .. i*GROUP+2
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ unpadded sequence would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -109,16 +110,44 @@ class KVCache:
             return KVCache(tuple(pad(k, -1) for k in self.keys), tuple(pad(v, -2) for v in self.values))
         return KVCache(pad(self.keys, -2), pad(self.values, -2))
 
+    def repeat_rows(self, times: int) -> KVCache:
+        """Each row's keys and values `times` times in a row."""
+        if isinstance(self.keys, tuple):
+            return KVCache(*(tuple(repeat_rows(x, times) for x in part) for part in (self.keys, self.values)))
+        return KVCache(jnp.repeat(self.keys, times, axis=1), jnp.repeat(self.values, times, axis=1))  # [layers, rows, ...]
 
-def prefill(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, new_tokens: int):
-    """The last prompt position's logits [N, 1, vocab] and a KV cache holding the prompts, with room for
-    new_tokens after them. The prompts fill a cache of their own length, which then grows: their
-    attention does not run over the positions no token has reached yet (a third of a 128-token prompt's
-    keys with 64 new tokens)."""
-    n, p = prompt_ids_NxP.shape
-    cache = KVCache.zeros(model.config, n, p, model.dtype, per_layer=not model.scan_layers)
-    logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP), prompt_mask_NxP,
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def repeat_rows(x: jax.Array, times: int) -> jax.Array:
+    """x with each row (axis 0) `times` times in a row: [a, b] -> [a, a, b, b]. Its gradient sums each
+    row's copies with elementwise adds: the reduction over the small copy axis that jnp.repeat's gradient
+    makes ran at about 4 GB/s on the CPU, a twelfth of the update's time (bench/peers/op_profile.py update)."""
+    return jnp.repeat(x, times, axis=0)
+
+
+def _repeat_rows_forward(x, times):
+    return repeat_rows(x, times), None
+
+
+def _repeat_rows_backward(times, _, cotangent):
+    copies = cotangent.reshape(cotangent.shape[0] // times, times, *cotangent.shape[1:])
+    return (functools.reduce(jnp.add, [copies[:, i] for i in range(times)]),)
+
+
+repeat_rows.defvjp(_repeat_rows_forward, _repeat_rows_backward)
+
+
+def prefill(model: Qwen2ForCausalLM, params, prompt_ids_GxP, prompt_mask_GxP, new_tokens: int, rows_per_prompt: int = 1):
+    """The last prompt position's logits [G x rows_per_prompt, 1, vocab] and a KV cache holding the
+    prompts, each for rows_per_prompt consecutive rows, with room for new_tokens after them. The prompts
+    fill a cache of their own length, which then grows: their attention does not run over the positions
+    no token has reached yet (a third of a 128-token prompt's keys with 64 new tokens)."""
+    g, p = prompt_ids_GxP.shape
+    cache = KVCache.zeros(model.config, g, p, model.dtype, per_layer=not model.scan_layers)
+    logits, cache = model.apply({"params": params}, prompt_ids_GxP, prompt_positions(prompt_mask_GxP), prompt_mask_GxP,
                                 cache, 0, logits_last_n=1)
+    if rows_per_prompt > 1:
+        logits, cache = repeat_rows(logits, rows_per_prompt), cache.repeat_rows(rows_per_prompt)
     return logits, cache.with_room(new_tokens)
 
 

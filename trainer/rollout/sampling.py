@@ -92,11 +92,8 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
     if not model.scan_layers:
         params = unstack_layers(params)  # once, not in every decode step
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
-    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group], c)
-    if prompt_group > 1:
-        rows_axis = 1 if model.scan_layers else 0  # a stacked cache is [layers, rows, ...]
-        cache = jax.tree.map(lambda x: jnp.repeat(x, prompt_group, axis=rows_axis), cache)
-        logits = jnp.repeat(logits, prompt_group, axis=0)
+    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group], c,
+                            prompt_group)
     lengths_N = prompt_mask_NxP.sum(axis=1).astype(jnp.int32)
     stop_ids_arr = jnp.asarray(stop_ids, jnp.int32)
 
