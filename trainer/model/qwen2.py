@@ -15,7 +15,8 @@ The same forward serves training (no cache, causal mask over the whole row) and 
 preallocated cache written at `write_index`). Keys and values are kept heads first ([batch, kv heads,
 positions, head_dim]), the layout the attention contractions read, so the cache is never transposed
 (the keys-after-positions layout before it spent a third of a CPU decode step copying each layer's
-keys out of the cache: bench/peers/op_profile.py rollout).
+keys out of the cache: bench/peers/op_profile.py rollout); unrolled layers keep their keys transposed
+within that, [batch, kv heads, head_dim, positions] (`DecoderLayer`).
 Rows are left-padded; `positions` count real tokens only, so a padded row computes exactly what the
 unpadded sequence would.
 """
@@ -84,7 +85,7 @@ class KVCache:
     """Keys and values of every layer, heads first: one stacked array [layers, batch, kv_heads, cache_len,
     head_dim] each for scanned layers, or for unrolled layers (`per_layer`) a tuple of one array per layer,
     the values [batch, kv_heads, cache_len, head_dim] and the keys transposed, [batch, kv_heads, head_dim,
-    cache_len] (`DecoderLayer.keys_transposed` says why)."""
+    cache_len] (`DecoderLayer` says why)."""
 
     keys: jax.Array | tuple[jax.Array, ...]
     values: jax.Array | tuple[jax.Array, ...]
@@ -241,8 +242,8 @@ def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, keys_transposed: bool
     group x positions, head_dim]), so each contraction is one plain matmul per (row, KV head) with the
     keys and values in the cache's own layout. The same contractions written with the group and the
     positions as separate axes ("btkgd,bksd->bkgts") made XLA's CPU backend transpose the values and
-    the output around every product: on the CPU this spelling's attention takes 0.2x the time of that
-    one in decoding and 0.64x in a training forward and backward (bench/peers/attention_layouts.py).
+    the output around every product: on the CPU this spelling's attention takes 0.17x the time of that
+    one in decoding and 0.68x in a training forward and backward (bench/peers/attention_layouts.py).
     A TPU's layout assignment reaches the same batched matmul from either spelling, so the one layout
     serves every platform. With `keys_transposed` the keys come as [batch, kv heads, head_dim, positions]."""
     b, t, n, d = q_BxTxNxD.shape
