@@ -108,7 +108,9 @@ def setup(gsm8k_dir: Path):
     rollout = loop.backend.generate(ids, mask, loop.sampling, seed=0)
     _, rewards = loop.score(rollout, problems)
     advantages = group_advantages(rewards, config.rollout.group_size, config.train.scale_rewards)
-    return loop, jnp.asarray(ids), jnp.asarray(mask), loop.train_batch(ids, mask, rollout, advantages, rewards)
+    # Whole rows, as the variants compute them: the trainer's shared-prompt update is fast_paths.py's to measure.
+    batch = loop.train_batch(ids, mask, rollout, advantages, rewards).replace(prompt_group=1)
+    return loop, jnp.asarray(ids), jnp.asarray(mask), batch
 
 
 def update_calls(loop, batch):
@@ -186,7 +188,7 @@ def main() -> None:
     calls, checks["max_abs_logp_error_vs_trainer"] = decode_calls(loop, ids, mask)
     decode = race(calls, args.rounds)
     peak, bandwidth = perf.matmul_peak_flops(), perf.memory_bandwidth_bytes_per_s()
-    floor = floors(loop, peak, bandwidth)
+    floor = floors(loop, 1, peak, bandwidth)
     update_floor_s = floor["forward"] + floor["backward"] + floor["optimizer"]
     decode_floor_s = floor["decode"] / workload.NEW_TOKENS
     rows = {}
