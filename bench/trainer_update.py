@@ -22,6 +22,7 @@ from trainer.config import load_config
 from trainer.loop import GRPOLoop, StopSignal
 from trainer.model.qwen2 import Qwen2Config
 from trainer.runtime import start
+from trainer.sharding import data_parallel_size
 from trainer.testing import perf
 from trainer.train_step import usable_prompt_group
 
@@ -53,7 +54,8 @@ def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: in
 def trainer_prompt_group(loop: GRPOLoop) -> int:
     """The prompt group the loop's update forwards once (1: every row forwarded whole)."""
     c = loop.config
-    return usable_prompt_group(loop.model, c.rollout.group_size, c.rows, c.rows // c.train.micro_batch_size)
+    return usable_prompt_group(loop.model, c.rollout.group_size, c.rows, c.rows // c.train.micro_batch_size,
+                               data_parallel_size(loop.runtime.mesh))
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import sharding
 from trainer.config import TrainerConfig
 
 GSM8K_HUB_NAME = ("openai/gsm8k", "main")
@@ -116,19 +115,6 @@ def left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarra
             ids[i, -len(row):] = row
             mask[i, -len(row):] = 1
     return ids, mask
-
-
-def shared_prompt_group(prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.ndarray, group_size: int) -> int:
-    """group_size when every run of group_size consecutive rows of this process holds one prompt (the
-    loop's rows: each prompt repeated group_size times), else 1; the smallest over every process, so
-    that all of them trace the same program. The rollout's prefill and the update then forward each
-    group's prompt once (trainer/train_step.py, trainer/rollout/sampling.py)."""
-    rows = prompt_ids_NxP.shape[0]
-    shared = group_size > 1 and rows % group_size == 0
-    for array in (prompt_ids_NxP, prompt_mask_NxP) if shared else ():
-        grouped = array.reshape(rows // group_size, group_size, -1)
-        shared = shared and bool(np.all(grouped == grouped[:, :1]))
-    return int(sharding.gather_to_all(np.array([group_size if shared else 1])).min())
 
 
 def fitting_problems(problems: list[Problem], prompt_ids, length: int) -> tuple[list[Problem], int]:

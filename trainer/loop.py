@@ -47,7 +47,7 @@ from trainer.advantages import group_advantages, informative_rows
 from trainer.auto_values import resolve_auto_values
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainerConfig, to_yaml
-from trainer.data import PromptStream, fitting_problems, left_pad, load_problems, shared_prompt_group
+from trainer.data import PromptStream, fitting_problems, left_pad, load_problems
 from trainer.evaluation import evaluate
 from trainer.metrics import WandbLogger, print_flushed, step_line, step_metrics, timed
 from trainer.metrics_log import MetricsLog
@@ -177,7 +177,8 @@ class GRPOLoop:
         host = TrainBatch(prompt_ids, prompt_mask, rollout.completion_ids_NxC,
                           rollout.completion_mask_NxC.astype(np.float32), self.loss_mask(rollout, rewards_N, rows),
                           advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC,
-                          prompt_group=shared_prompt_group(prompt_ids, prompt_mask, self.config.rollout.group_size))
+                          prompt_group=sharding.shared_prompt_group(prompt_ids, prompt_mask,
+                                                                    self.config.rollout.group_size))
         return global_batch(host, self.runtime.mesh)
 
     def loss_mask(self, rollout: RolloutOutput, rewards_N: np.ndarray, rows: slice) -> np.ndarray:
@@ -269,7 +270,8 @@ class GRPOLoop:
         # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
         # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
         self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
-        self.logps_fn = make_logps_fn(self.model, mesh, config.rollout.temperature)
+        self.logps_fn = make_logps_fn(self.model, mesh, config.rollout.temperature,
+                                      config.rows // config.train.micro_batch_size)
         self.train_step = make_train_step(self.model, self.optimizer, config.train,
                                           config.rows // config.train.micro_batch_size, config.rollout.temperature,
                                           self.state_shardings, mesh)

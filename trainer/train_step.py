@@ -42,7 +42,7 @@ class TrainBatch:
     old_logps_NxC: jax.Array | None = None  # pi_old, when num_iterations > 1 or importance sampling is on
     ref_logps_NxC: jax.Array | None = None  # pi_ref, when beta > 0
     rollout_logps_NxC: jax.Array | None = None  # the engine's: the importance weight and the logged mismatch
-    # Every prompt_group consecutive rows share one prompt (trainer.data.shared_prompt_group): the update
+    # Every prompt_group consecutive rows share one prompt (sharding.shared_prompt_group): the update
     # may then forward each group's prompt once. Static: a batch of another grouping traces its own step.
     prompt_group: int = flax.struct.field(pytree_node=False, default=1)
 
@@ -125,19 +125,26 @@ def shared_prompt_logits(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt
     return jnp.concatenate([last_prompt_logits_Nx1xV, completion_logits], axis=1)
 
 
-def usable_prompt_group(model: Qwen2ForCausalLM, prompt_group: int, rows: int, num_micro: int = 1) -> int:
+def usable_prompt_group(model: Qwen2ForCausalLM, prompt_group: int, rows: int, num_micro: int = 1,
+                        data_parallel: int = 1) -> int:
     """The batch's prompt group where the update can forward each group's prompt once: unrolled layers
-    (`shared_prompt_logits` says why) and whole groups in every micro-batch; else 1."""
-    whole_groups = prompt_group > 1 and rows % (prompt_group * num_micro) == 0
+    (`shared_prompt_logits` says why) and, on every data-parallel device's block of rows, whole groups in
+    every micro-batch (else a micro-batch's groups would come from one device's rows and every device
+    would compute them all); else 1."""
+    rows_per_device, spread = divmod(rows, data_parallel)
+    whole_groups = prompt_group > 1 and not spread and rows_per_device % (prompt_group * num_micro) == 0
     return prompt_group if whole_groups and not model.scan_layers else 1
 
 
-def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float):
-    """Jitted log-probs of completions under given params (old / reference policies)."""
+def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float, num_micro: int = 1):
+    """Jitted log-probs of completions under given params (old / reference policies), each group's
+    prompt shared exactly where the update with num_micro micro-batches shares it, so that pi_old and
+    the update's pi come from the same computation."""
 
     @functools.partial(jax.jit, static_argnames=("prompt_group",))
     def logps_fn(params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC, prompt_group: int = 1):
-        group = usable_prompt_group(model, prompt_group, prompt_ids_NxP.shape[0])
+        group = usable_prompt_group(model, prompt_group, prompt_ids_NxP.shape[0], num_micro,
+                                    sharding.data_parallel_size(mesh))
         logps, _ = completion_logps(model, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
                                     temperature, group)
         return jax.lax.with_sharding_constraint(logps, sharding.row_sharding(mesh, 2))
@@ -185,7 +192,8 @@ def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransforma
         # Unrolled layers take their weights split per layer once, outside the micro-batch loop.
         params = state.params if model.scan_layers else unstack_layers(state.params)
         weights_NxC = token_weights(batch.loss_mask_NxC, train.loss_type)
-        group = usable_prompt_group(model, batch.prompt_group, batch.prompt_ids_NxP.shape[0], num_micro)
+        group = usable_prompt_group(model, batch.prompt_group, batch.prompt_ids_NxP.shape[0], num_micro,
+                                    sharding.data_parallel_size(mesh))
         batch = batch.replace(prompt_group=group)
         micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro, group), (batch, weights_NxC))
 

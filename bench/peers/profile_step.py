@@ -78,7 +78,7 @@ def phase_functions(loop: GRPOLoop, group: int):
     """Jitted pieces of the update, each the trainer's own code path cut at a phase boundary (each group's
     prompt forwarded once where the trainer does, `group` > 1)."""
     model, temperature = loop.model, loop.config.rollout.temperature
-    train = loop.config.train
+    train, rows_per_prompt = loop.config.train, loop.config.rollout.group_size  # the loop's rows, grouped
 
     def logits_fn(params, batch):
         c = batch.completion_ids_NxC.shape[1]
@@ -104,10 +104,10 @@ def phase_functions(loop: GRPOLoop, group: int):
 
     @functools.partial(jax.jit, static_argnames="new_tokens")
     def prefill_fn(params, ids, mask, new_tokens):
-        """The sampler's prefill, of one row per group as the sampler runs it."""
+        """The built-in sampler's prefill, of one row per group, as it runs it."""
         if not model.scan_layers:
             params = unstack_layers(params)
-        return prefill(model, params, ids[::loop.backend.group_size], mask[::loop.backend.group_size], new_tokens)
+        return prefill(model, params, ids[::rows_per_prompt], mask[::rows_per_prompt], new_tokens, rows_per_prompt)
 
     return {"forward": jax.jit(logits_fn), "log_probs": jax.jit(loss_from_logits),
             "forward_and_backward": jax.jit(jax.grad(loss_fn)), "optimizer": jax.jit(optimizer_fn),
@@ -123,7 +123,7 @@ def floors(loop: GRPOLoop, group: int, peak: float, bandwidth: float) -> dict[st
     layers_kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     decode_bytes = 4 * (params + rows * (p + new) * layers_kv)
     decode_flops = rows * (2 * params + 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * (p + new))
-    prompts = rows // loop.backend.group_size
+    prompts = rows // c.rollout.group_size
     prefill_flops = update_flops(cfg, prompts, p, 0, 1) - prompts * 2 * cfg.hidden_size * cfg.vocab_size
     return {"prefill": prefill_flops / peak, "decode": new * max(decode_bytes / bandwidth, decode_flops / peak),
             "forward": forward / peak, "backward": 2 * forward / peak, "optimizer": 7 * 4 * params / bandwidth}

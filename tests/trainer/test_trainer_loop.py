@@ -174,8 +174,8 @@ def _shifted_logps_fn(calls: list):
 
     real = loop_module.make_logps_fn
 
-    def make(model, mesh, temperature):
-        fn = real(model, mesh, temperature)
+    def make(model, mesh, temperature, num_micro):
+        fn = real(model, mesh, temperature, num_micro)
 
         def shifted(*args, prompt_group: int = 1):
             calls.append(prompt_group)

@@ -8,11 +8,11 @@ import optax
 import pytest
 
 from trainer.config import TrainSection
-from trainer.data import left_pad, shared_prompt_group
+from trainer.data import left_pad
 from trainer.model.qwen2 import Qwen2Config, Qwen2ForCausalLM, repeat_rows
 from trainer.model.weights import load_params
 from trainer.rollout.sampling import generate
-from trainer.sharding import make_mesh, put_tree, tree_shardings
+from trainer.sharding import make_mesh, put_tree, shared_prompt_group, tree_shardings
 from trainer.train_step import (
     TrainBatch,
     completion_logps,
@@ -54,16 +54,22 @@ def test_rows_share_a_prompt_only_when_every_group_is_identical():
     padding_moved[4, 0] = 1  # same ids, another mask (the 4-token prompt): positions and keys differ
     assert shared_prompt_group(ids, padding_moved, GROUP) == 1
     assert shared_prompt_group(ids, mask, 2 * GROUP) == 1  # groups of 6 rows would mix two prompts
+    no_prompt = np.zeros_like(mask)
+    no_prompt[:GROUP] = mask[:GROUP]  # the other groups' rows are all padding: nothing to share, and the
+    assert shared_prompt_group(ids, no_prompt, GROUP) == 1  # whole-row forward lets them see completion keys
 
 
-@pytest.mark.parametrize("scan_layers, rows, num_micro, expected", [
-    (False, 12, 1, GROUP), (False, 12, 2, GROUP), (False, 12, 4, GROUP),  # 4 groups: 4, 2 or 1 per micro-batch
-    (False, 12, 3, 1), (False, 12, 6, 1),  # a group would straddle two micro-batches
-    (True, 12, 1, 1)])  # scanned layers forward whole rows
-def test_the_update_shares_prompts_with_unrolled_layers_and_whole_groups_per_micro_batch(tiny_model_dir, scan_layers,
-                                                                                          rows, num_micro, expected):
+@pytest.mark.parametrize("scan_layers, rows, num_micro, data_parallel, expected", [
+    (False, 12, 1, 1, GROUP), (False, 12, 2, 1, GROUP), (False, 12, 4, 1, GROUP),  # 4 groups: 4, 2 or 1 a micro-batch
+    (False, 12, 3, 1, 1), (False, 12, 6, 1, 1),  # a group would straddle two micro-batches
+    (False, 12, 2, 2, GROUP),  # 2 devices of 2 groups each: each micro-batch holds one group of each device
+    (False, 12, 4, 2, 1),  # 4 micro-batches of one group: each from one device, computed by every device
+    (False, 12, 1, 6, 1),  # 2 rows a device: a group would straddle two devices
+    (True, 12, 1, 1, 1)])  # scanned layers forward whole rows
+def test_the_update_shares_prompts_with_unrolled_layers_and_whole_groups_per_device_and_micro_batch(
+        tiny_model_dir, scan_layers, rows, num_micro, data_parallel, expected):
     model, _ = _model(tiny_model_dir, scan_layers)
-    assert usable_prompt_group(model, GROUP, rows, num_micro) == expected
+    assert usable_prompt_group(model, GROUP, rows, num_micro, data_parallel) == expected
 
 
 def test_shared_prompt_log_probs_equal_the_whole_row_forward(untied_sharded_model_dir):
@@ -92,8 +98,13 @@ def test_old_log_probs_share_the_prompt_alike(tiny_model_dir):
 
 
 @pytest.mark.parametrize("num_micro", [1, 4])
-def test_the_shared_prompt_update_moves_every_weight_as_the_whole_row_update(untied_sharded_model_dir, num_micro):
+def test_the_shared_prompt_update_moves_every_weight_as_the_whole_row_update(untied_sharded_model_dir, num_micro,
+                                                                             monkeypatch):
     """Plain SGD: the change is minus the gradient, where the prompt's share is the sum over its group."""
+    import trainer.train_step as train_step_module
+
+    traced, real = [], train_step_module.shared_prompt_logits
+    monkeypatch.setattr(train_step_module, "shared_prompt_logits", lambda *a: traced.append(a[-1]) or real(*a))
     model, host_params = _model(untied_sharded_model_dir)
     ids, mask, completions = _rows(2)
     rows = ids.shape[0]
@@ -109,11 +120,12 @@ def test_the_shared_prompt_update_moves_every_weight_as_the_whole_row_update(unt
         new_state, metrics = step(state, global_batch(host.replace(prompt_group=group), mesh))
         deltas.append((jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), host_params,
                                     jax.device_get(new_state.params)), jax.device_get(metrics)))
+    assert traced and set(traced) == {GROUP}  # the second step's trace, and only it, forwarded the prompts once
     (whole, whole_metrics), (shared, shared_metrics) = deltas
-    largest = max(np.abs(d).max() for d in jax.tree.leaves(whole))
-    assert largest > 1e-4
+    assert max(np.abs(d).max() for d in jax.tree.leaves(whole)) > 1e-4
     for got, want in zip(jax.tree.leaves(shared), jax.tree.leaves(whole), strict=True):
-        np.testing.assert_allclose(got, want, atol=2e-5 * largest, rtol=1e-4)
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=1e-4)
     for key in ("loss", "entropy", "grad_norm"):
         np.testing.assert_allclose(shared_metrics[key], whole_metrics[key], rtol=1e-4)
 

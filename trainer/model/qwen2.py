@@ -235,7 +235,7 @@ def _dense(features: int, use_bias: bool, dtype, param_dtype, name: str) -> nn.D
                     kernel_init=nn.initializers.normal(0.02), name=name)
 
 
-def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, keys_transposed: bool = False) -> jax.Array:
+def attention(q_BxTxNxD, keys, v_BxKxSxD, mask_BxTxS, keys_transposed: bool = False) -> jax.Array:
     """Grouped-query attention with a boolean mask; softmax in float32.
 
     The queries of one KV head's group are laid out as the rows of one matrix ([batch, kv heads,
@@ -244,14 +244,15 @@ def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, keys_transposed: bool
     positions as separate axes ("btkgd,bksd->bkgts") made XLA's CPU backend transpose the values and
     the output around every product: on the CPU this spelling's attention takes 0.17x the time of that
     one in decoding and 0.68x in a training forward and backward (bench/peers/attention_layouts.py).
-    A TPU's layout assignment reaches the same batched matmul from either spelling, so the one layout
-    serves every platform. With `keys_transposed` the keys come as [batch, kv heads, head_dim, positions]."""
+    On a TPU, XLA's layout assignment should reach the same batched matmul from either spelling, so the
+    one spelling serves every platform (reasoned, not measured: no TPU here). keys are [batch, kv heads,
+    positions, head_dim], or with `keys_transposed` [batch, kv heads, head_dim, positions]."""
     b, t, n, d = q_BxTxNxD.shape
     kv_heads = v_BxKxSxD.shape[1]
     g = n // kv_heads
     q_BxKxGTxD = q_BxTxNxD.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
     keys_spec = "bkds" if keys_transposed else "bksd"
-    scores = jnp.einsum(f"bkqd,{keys_spec}->bkqs", q_BxKxGTxD, k_BxKxSxD, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"bkqd,{keys_spec}->bkqs", q_BxKxGTxD, keys, preferred_element_type=jnp.float32)
     scores_BxKxGxTxS = scores.reshape(b, kv_heads, g, t, -1) * (d ** -0.5)
     scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxD.dtype).reshape(b, kv_heads, g * t, -1)
@@ -259,17 +260,19 @@ def attention(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, keys_transposed: bool
     return out_BxKxGxTxD.transpose(0, 3, 1, 2, 4).reshape(b, t, n * d)
 
 
-def write_kv(cache, k_BxKxTxD, v_BxKxTxD, layer_index, write_index):
+def write_kv(cache, k_new, v_BxKxTxD, layer_index, write_index):
     """The cache with this layer's new keys and values written at write_index, and the layer's keys and
     values to attend to. A stacked cache is written in place and its layer read back (slicing per layer
-    through scan outputs would copy the cache every step); a per-layer cache is this layer's alone."""
+    through scan outputs would copy the cache every step); a per-layer cache is this layer's alone. k_new
+    is [batch, kv heads, T, head_dim], or for a per-layer cache (keys transposed) [batch, kv heads,
+    head_dim, T]."""
     k_all, v_all = cache
-    if k_all.ndim == 4:  # one layer's cache, keys transposed: k is [batch, kv heads, head_dim, T]
-        k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxD.astype(k_all.dtype), (0, 0, 0, write_index))
+    if k_all.ndim == 4:  # one layer's cache, keys transposed
+        k_all = jax.lax.dynamic_update_slice(k_all, k_new.astype(k_all.dtype), (0, 0, 0, write_index))
         v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxD.astype(v_all.dtype), (0, 0, write_index, 0))
         return (k_all, v_all), k_all, v_all
     start = (layer_index, 0, 0, write_index, 0)
-    k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxD[None].astype(k_all.dtype), start)
+    k_all = jax.lax.dynamic_update_slice(k_all, k_new[None].astype(k_all.dtype), start)
     v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxD[None].astype(v_all.dtype), start)
     k = jax.lax.dynamic_index_in_dim(k_all, layer_index, keepdims=False)
     v = jax.lax.dynamic_index_in_dim(v_all, layer_index, keepdims=False)
@@ -279,8 +282,9 @@ def write_kv(cache, k_BxKxTxD, v_BxKxTxD, layer_index, write_index):
 class DecoderLayer(nn.Module):
     """One decoder layer, in one of two parameter and cache layouts (`unrolled`):
     - scanned layers (what a TPU runs): separate q/k/v and gate/up kernels, each a tensor the fsdp and tp
-      shardings name, and keys after positions ([batch, kv heads, positions, head_dim]), so a TPU decode
-      step writes its keys along the sublanes rather than as one lane of every 128-wide tile;
+      shardings name, and keys after positions ([batch, kv heads, positions, head_dim]), so that a TPU
+      decode step writes its keys along the sublanes rather than as one lane of every 128-wide tile
+      (reasoned from the TPU's tiling, not measured: no TPU here);
     - unrolled layers (the CPU's choice), given per-layer parameters by `unstack_layers`: one fused q|k|v
       kernel and one gate|up kernel, so the input is read once and its gradient is one matmul instead of
       three (two) and their sum; and the keys transposed, [batch, kv heads, head_dim, positions], so the
@@ -395,10 +399,10 @@ class Qwen2ForCausalLM(nn.Module):
         return hidden, None if cache is None else KVCache(*new_caches)
 
     def _unrolled(self, hidden, cache, rope, mask_BxTxS, write_index):
-        """The layers one after another, each applying `DecoderLayer` to its slice of the stacked
-        parameters (the same parameters and the same computation as the scan), each with its own cache.
-        Parameters given in the stored layout are brought to the unrolled one here (`unstack_layers`);
-        a loop that runs the model many times passes them already brought."""
+        """The layers one after another, each applying `DecoderLayer` in the unrolled layout (its own
+        weights, fused kernels, keys transposed in its own cache): the same function of the same
+        parameters as the scan. Parameters given in the stored layout are brought to the unrolled one here
+        (`unstack_layers`); a loop that runs the model many times passes them already brought."""
         params = self.variables["params"]
         per_layer = params[PER_LAYER] if PER_LAYER in params else unstack_layers(params)[PER_LAYER]
         layer_params = [per_layer[str(i)] for i in range(self.config.num_hidden_layers)]

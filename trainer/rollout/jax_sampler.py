@@ -10,7 +10,6 @@ from jax.sharding import Mesh
 
 from trainer import sharding
 from trainer.config import TrainerConfig
-from trainer.data import shared_prompt_group
 from trainer.model.qwen2 import Qwen2ForCausalLM
 from trainer.model.tokenizer import ChatTokenizer
 from trainer.rollout.base import RolloutBackend, RolloutOutput
@@ -24,7 +23,7 @@ class JaxSamplerBackend(RolloutBackend):
     def __init__(self, model: Qwen2ForCausalLM, mesh: Mesh, stop_ids: list[int], pad_id: int,
                  prefill_buckets: list[int], inverse_cdf: bool = False, group_size: int = 1):
         self.model = model
-        self.group_size = group_size  # rows that share a prompt share its prefill (shared_prompt_group)
+        self.group_size = group_size  # rows that share a prompt share its prefill (sharding.shared_prompt_group)
         self.mesh = mesh
         self.stop_ids = tuple(stop_ids)
         self.pad_id = pad_id
@@ -54,7 +53,8 @@ class JaxSamplerBackend(RolloutBackend):
             raise RuntimeError("JaxSamplerBackend.generate before push_weights")
         bucket = self.bucket_for(int(prompt_mask_NxP.sum(axis=1).max()))
         # Prompts are left-padded, so the last `bucket` columns hold every real token.
-        group = shared_prompt_group(prompt_ids_NxP, prompt_mask_NxP, self.group_size)
+        # Evaluation's rows (one per problem) share nothing: their program (prompt_group 1) compiles once too.
+        group = sharding.shared_prompt_group(prompt_ids_NxP, prompt_mask_NxP, self.group_size)
         ids = sharding.global_rows(np.ascontiguousarray(prompt_ids_NxP[:, -bucket:]), self.mesh)
         mask = sharding.global_rows(np.ascontiguousarray(prompt_mask_NxP[:, -bucket:]), self.mesh)
         outputs = generate(self.model, self.params, ids, mask, jax.random.key(seed), np.float32(settings.temperature),

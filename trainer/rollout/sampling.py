@@ -86,7 +86,7 @@ def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, r
              inverse_cdf: bool = False, prompt_group: int = 1):
     """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
     and per-token log-probs (0 where masked). Where every prompt_group consecutive rows share a prompt
-    (trainer.data.shared_prompt_group) the prefill runs once per group and its cache is repeated."""
+    (trainer.sharding.shared_prompt_group) the prefill runs once per group and its cache is repeated."""
     n, p = prompt_ids_NxP.shape
     c = max_new_tokens
     if not model.scan_layers:
