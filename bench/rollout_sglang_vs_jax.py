@@ -74,7 +74,7 @@ def main() -> None:
     ids = rng.integers(3, 400, (args.rows, args.prompt_len)).astype(np.int32)
     mask = np.ones_like(ids)
 
-    jax_backend = JaxSamplerBackend(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id, [args.prompt_len])
+    jax_backend = JaxSamplerBackend.create(config, model, runtime, tokenizer, model_dir)  # the platform's defaults
     jax_backend.push_weights(params)
     jax_figures = decode_tokens_per_s(jax_backend, ids, mask, args.new_tokens)
 

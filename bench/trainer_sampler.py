@@ -84,6 +84,10 @@ def main() -> None:
     peak_flops = perf.matmul_peak_flops(dtype=dtype)
     compute_roofline = peak_flops / flops_per_token
     roofline = min(memory_roofline, compute_roofline)
+    # The rate at which this platform's matmul reads a decode step's weights with `rows` rows (the MLP's
+    # up projection's shape): on the CPU well under the read bandwidth, a ceiling below the roofline.
+    matmul_bandwidth = perf.weight_read_bytes_per_s(args.rows, config.hidden_size, config.intermediate_size, dtype)
+    matmul_bound = args.rows * matmul_bandwidth / (param_bytes + kv_bytes)
     print(json.dumps({
         "bench": "trainer_sampler", "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
         "params": config.num_params(), "dtype": args.dtype, "layer_loop": loop, "sampling_method": method,
@@ -94,6 +98,8 @@ def main() -> None:
         "memory_roofline_tokens_per_s": memory_roofline, "compute_roofline_tokens_per_s": compute_roofline,
         "bound": "memory" if memory_roofline < compute_roofline else "compute",
         "roofline_tokens_per_s": roofline, "fraction_of_roofline": measured / roofline,
+        "decode_matmul_weight_gb_per_s": matmul_bandwidth / 1e9, "matmul_bound_tokens_per_s": matmul_bound,
+        "fraction_of_matmul_bound": measured / matmul_bound,
     }, indent=1))
 
 

@@ -22,7 +22,9 @@ from trainer.config import load_config
 from trainer.loop import GRPOLoop, StopSignal
 from trainer.model.qwen2 import Qwen2Config
 from trainer.runtime import start
+from trainer.sharding import data_parallel_size
 from trainer.testing import perf
+from trainer.train_step import usable_prompt_group
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_sampler import bench_model_dir  # noqa: E402
@@ -31,15 +33,29 @@ DEFAULT_SETS = ["rollout.batch_size=8", "rollout.group_size=8", "rollout.prompt_
                 "rollout.max_new_tokens=32", "train.micro_batch_size=16", "checkpoint.resume=false"]
 
 
-def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, forwards: float) -> float:
-    """FLOPs of `forwards` forward-pass equivalents over the batch (training = 3: forward + backward)."""
+def update_flops(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, forwards: float,
+                 prompt_group: int = 1) -> float:
+    """FLOPs of `forwards` forward-pass equivalents over the batch (training = 3: forward + backward).
+    With prompt_group > 1 each group's prompt is forwarded once (the trainer's shared-prompt forward)."""
     h, d, layers = config.hidden_size, config.head_dim, config.num_hidden_layers
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
     linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * config.intermediate_size)
     t = prompt_len + new_tokens
-    per_row = 2 * t * linear + 4 * layers * config.num_attention_heads * d * t * t
-    per_row += 2 * (new_tokens + 1) * h * config.vocab_size  # logits only over the completion
-    return forwards * rows * per_row
+    prompt_rows = rows // prompt_group
+    # A whole row's positions attend over all t keys (masked causally); a shared prompt's over its own.
+    prompt_keys = t if prompt_group == 1 else prompt_len
+    linear_flops = 2 * linear * (prompt_rows * prompt_len + rows * new_tokens)
+    attention_flops = 4 * layers * config.num_attention_heads * d * (prompt_rows * prompt_len * prompt_keys
+                                                                      + rows * new_tokens * t)
+    logits = rows * 2 * (new_tokens + 1) * h * config.vocab_size  # logits only over the completion
+    return forwards * (linear_flops + attention_flops + logits)
+
+
+def trainer_prompt_group(loop: GRPOLoop) -> int:
+    """The prompt group the loop's update forwards once (1: every row forwarded whole)."""
+    c = loop.config
+    return usable_prompt_group(loop.model, c.rollout.group_size, c.rows, c.rows // c.train.micro_batch_size,
+                               data_parallel_size(loop.runtime.mesh))
 
 
 def main() -> None:
@@ -69,7 +85,7 @@ def main() -> None:
     update_s = statistics.median(m["time/update_s"] for m in steady)
     forwards = 3 + (1 if loop.use_old_logps else 0) + (1 if config.train.beta > 0 else 0)
     flops = update_flops(loop.model.config, config.rows, config.rollout.prompt_length,
-                         config.rollout.max_new_tokens, forwards) * config.train.num_iterations
+                         config.rollout.max_new_tokens, forwards, trainer_prompt_group(loop)) * config.train.num_iterations
     peak = perf.matmul_peak_flops(dtype=loop.model.dtype)
     print(json.dumps({
         "bench": "trainer_update", "device": str(jax.devices()[0].device_kind), "platform": runtime.platform,

@@ -176,7 +176,9 @@ class GRPOLoop:
         rows = self.runtime.this_process_rows(self.config.rows)
         host = TrainBatch(prompt_ids, prompt_mask, rollout.completion_ids_NxC,
                           rollout.completion_mask_NxC.astype(np.float32), self.loss_mask(rollout, rewards_N, rows),
-                          advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC)
+                          advantages_N[rows], rollout_logps_NxC=rollout.logps_NxC,
+                          prompt_group=sharding.shared_prompt_group(prompt_ids, prompt_mask,
+                                                                    self.config.rollout.group_size))
         return global_batch(host, self.runtime.mesh)
 
     def loss_mask(self, rollout: RolloutOutput, rewards_N: np.ndarray, rows: slice) -> np.ndarray:
@@ -199,9 +201,9 @@ class GRPOLoop:
         step's metrics, with the rollout/trainer mismatch of the first (the policy that sampled)."""
         args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
         if self.use_old_logps:
-            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args))
+            batch = batch.replace(old_logps_NxC=self.logps_fn(self.state.params, *args, prompt_group=batch.prompt_group))
         if self.ref_params is not None:
-            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args))
+            batch = batch.replace(ref_logps_NxC=self.logps_fn(self.ref_params, *args, prompt_group=batch.prompt_group))
         steps = []
         for _ in range(self.config.train.num_iterations):
             self.state, metrics = self.train_step(self.state, batch)
@@ -268,7 +270,8 @@ class GRPOLoop:
         # At num_iterations 1 the ratio's denominator is the detached current log-prob (as in TRL): a
         # separately compiled forward could differ from it in bf16 and clip tokens for nothing.
         self.use_old_logps = config.train.num_iterations > 1 or config.train.importance_sampling_cap > 0
-        self.logps_fn = make_logps_fn(self.model, mesh, config.rollout.temperature)
+        self.logps_fn = make_logps_fn(self.model, mesh, config.rollout.temperature,
+                                      config.rows // config.train.micro_batch_size)
         self.train_step = make_train_step(self.model, self.optimizer, config.train,
                                           config.rows // config.train.micro_batch_size, config.rollout.temperature,
                                           self.state_shardings, mesh)

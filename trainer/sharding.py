@@ -93,6 +93,21 @@ def local_rows(global_array: jax.Array, mesh: Mesh) -> np.ndarray:
     return np.asarray(multihost_utils.global_array_to_host_local_array(global_array, mesh, spec))
 
 
+def shared_prompt_group(prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.ndarray, group_size: int) -> int:
+    """group_size when every run of group_size consecutive rows of this process holds one prompt (the
+    loop's rows: each prompt repeated group_size times), else 1; the smallest over every process, so
+    that all of them trace the same program. The rollout's prefill and the update then forward each
+    group's prompt once (trainer/train_step.py, trainer/rollout/sampling.py). A row without a prompt
+    token is never shared: its last prompt position attends to nothing of the prompt, so the whole-row
+    forward lets it see the completion's keys, which the shared prefill does not hold yet."""
+    rows = prompt_ids_NxP.shape[0]
+    shared = group_size > 1 and rows % group_size == 0 and bool(np.all(prompt_mask_NxP.sum(axis=1) > 0))
+    for array in (prompt_ids_NxP, prompt_mask_NxP) if shared else ():
+        grouped = array.reshape(rows // group_size, group_size, -1)
+        shared = shared and bool(np.all(grouped == grouped[:, :1]))
+    return int(gather_to_all(np.array([group_size if shared else 1])).min())
+
+
 def gather_to_all(local: np.ndarray) -> np.ndarray:
     """Concatenate every process's local rows (process order) on every process."""
     if jax.process_count() == 1:

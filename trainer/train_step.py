@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from trainer import sharding
 from trainer.config import OptimSection, TrainSection
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import Qwen2ForCausalLM, prompt_positions
+from trainer.model.qwen2 import Qwen2ForCausalLM, prefill, prompt_positions, stack_layers, unstack_layers
 
 
 @flax.struct.dataclass
@@ -42,6 +42,9 @@ class TrainBatch:
     old_logps_NxC: jax.Array | None = None  # pi_old, when num_iterations > 1 or importance sampling is on
     ref_logps_NxC: jax.Array | None = None  # pi_ref, when beta > 0
     rollout_logps_NxC: jax.Array | None = None  # the engine's: the importance weight and the logged mismatch
+    # Every prompt_group consecutive rows share one prompt (sharding.shared_prompt_group): the update
+    # may then forward each group's prompt once. Static: a batch of another grouping traces its own step.
+    prompt_group: int = flax.struct.field(pytree_node=False, default=1)
 
 
 def learning_rate_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
@@ -82,8 +85,14 @@ def updates_lost_to_rounding(params, step_size: float) -> float:
 
 
 def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
-                     temperature: float):
-    """log pi(completion token) and entropy per completion position, from one forward of the whole row."""
+                     temperature: float, prompt_group: int = 1):
+    """log pi(completion token) and entropy per completion position: from one forward of the whole row,
+    or, where every prompt_group consecutive rows share a prompt (`shared_prompt_group`), from each
+    group's prompt forwarded once and its completions attending to that forward's keys and values."""
+    if prompt_group > 1:
+        logits = shared_prompt_logits(model, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
+                                       prompt_group)
+        return token_logps_and_entropy(logits, completion_ids_NxC, temperature)
     c = completion_ids_NxC.shape[1]
     tokens = jnp.concatenate([prompt_ids_NxP, completion_ids_NxC], axis=1)
     lengths_N = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
@@ -94,30 +103,69 @@ def completion_logps(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mas
     return token_logps_and_entropy(logits, completion_ids_NxC, temperature)
 
 
-def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float):
-    """Jitted log-probs of completions under given params (old / reference policies)."""
+def shared_prompt_logits(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
+                          group: int):
+    """The completion positions' logits, each group's prompt forwarded once: the prompts fill a KV cache
+    as the sampler's prefill does, the cache is repeated for the group's rows, and the completions run
+    as one chunk attending to it. A GRPO group's rows share their prompt, so its forward and backward
+    (the larger part of the row: 128 of 192 tokens in bench/peers) are done once instead of group times;
+    the prompt's gradient is the sum over its completions, as in the whole-row forward. Needs one cache
+    per layer (unrolled layers): scanned layers carry the stacked cache through the scan, and the
+    backward would keep a copy of it for every layer."""
+    if model.scan_layers:
+        raise ValueError("a shared-prompt forward needs unrolled layers (model.layer_loop=unrolled)")
+    p, c = prompt_ids_NxP.shape[1], completion_ids_NxC.shape[1]
+    # The last prompt position predicts the first completion token.
+    last_prompt_logits_Nx1xV, cache = prefill(model, params, prompt_ids_NxP[::group], prompt_mask_NxP[::group], c,
+                                              group)
+    lengths_Nx1 = prompt_mask_NxP.sum(axis=1, keepdims=True).astype(jnp.int32)
+    key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones_like(completion_ids_NxC)], axis=1)
+    completion_logits, _ = model.apply({"params": params}, completion_ids_NxC, lengths_Nx1 + jnp.arange(c),
+                                       key_valid_NxS, cache, p, logits_last_n=c - 1, logits_skip_last=1)
+    return jnp.concatenate([last_prompt_logits_Nx1xV, completion_logits], axis=1)
 
-    @jax.jit
-    def logps_fn(params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC):
+
+def usable_prompt_group(model: Qwen2ForCausalLM, prompt_group: int, rows: int, num_micro: int = 1,
+                        data_parallel: int = 1) -> int:
+    """The batch's prompt group where the update can forward each group's prompt once: unrolled layers
+    (`shared_prompt_logits` says why) and, on every data-parallel device's block of rows, whole groups in
+    every micro-batch (else a micro-batch's groups would come from one device's rows and every device
+    would compute them all); else 1."""
+    rows_per_device, spread = divmod(rows, data_parallel)
+    whole_groups = prompt_group > 1 and not spread and rows_per_device % (prompt_group * num_micro) == 0
+    return prompt_group if whole_groups and not model.scan_layers else 1
+
+
+def make_logps_fn(model: Qwen2ForCausalLM, mesh: Mesh, temperature: float, num_micro: int = 1):
+    """Jitted log-probs of completions under given params (old / reference policies), each group's
+    prompt shared exactly where the update with num_micro micro-batches shares it, so that pi_old and
+    the update's pi come from the same computation."""
+
+    @functools.partial(jax.jit, static_argnames=("prompt_group",))
+    def logps_fn(params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC, prompt_group: int = 1):
+        group = usable_prompt_group(model, prompt_group, prompt_ids_NxP.shape[0], num_micro,
+                                    sharding.data_parallel_size(mesh))
         logps, _ = completion_logps(model, params, prompt_ids_NxP, prompt_mask_NxP, completion_ids_NxC,
-                                    temperature)
+                                    temperature, group)
         return jax.lax.with_sharding_constraint(logps, sharding.row_sharding(mesh, 2))
 
     return logps_fn
 
 
-def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
-    """[N, ...] -> [num_micro, N/num_micro, ...] taking rows num_micro apart, so each device keeps its
-    own rows (rows are sharded in contiguous blocks)."""
-    rows = x.shape[0] // num_micro
-    return jnp.swapaxes(x.reshape(rows, num_micro, *x.shape[1:]), 0, 1)
+def _split_micro(x: jax.Array, num_micro: int, group: int = 1) -> jax.Array:
+    """[N, ...] -> [num_micro, N/num_micro, ...] taking groups of `group` consecutive rows num_micro
+    groups apart, so each device keeps its own rows (rows are sharded in contiguous blocks) and a group
+    that shares a prompt stays in one micro-batch."""
+    groups = x.shape[0] // group
+    grouped = x.reshape(groups // num_micro, num_micro, group, *x.shape[1:])
+    return jnp.swapaxes(grouped, 0, 1).reshape(num_micro, x.shape[0] // num_micro, *x.shape[1:])
 
 
 def _loss_fn(params, micro: TrainBatch, weights_NxC, model, train: TrainSection, temperature: float):
     """The micro-batch's weighted loss; the sums of its per-token statistics over every generated token
     and their maxima."""
     logps, entropy = completion_logps(model, params, micro.prompt_ids_NxP, micro.prompt_mask_NxP,
-                                      micro.completion_ids_NxC, temperature)
+                                      micro.completion_ids_NxC, temperature, micro.prompt_group)
     old = jax.lax.stop_gradient(logps) if micro.old_logps_NxC is None else micro.old_logps_NxC
     generated = micro.completion_mask_NxC
     per_token, stats = per_token_loss(logps, old, micro.advantages_N, micro.ref_logps_NxC,
@@ -141,19 +189,25 @@ def make_train_step(model: Qwen2ForCausalLM, optimizer: optax.GradientTransforma
     loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: TrainBatch):
+        # Unrolled layers take their weights split per layer once, outside the micro-batch loop.
+        params = state.params if model.scan_layers else unstack_layers(state.params)
         weights_NxC = token_weights(batch.loss_mask_NxC, train.loss_type)
-        micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro), (batch, weights_NxC))
+        group = usable_prompt_group(model, batch.prompt_group, batch.prompt_ids_NxP.shape[0], num_micro,
+                                    sharding.data_parallel_size(mesh))
+        batch = batch.replace(prompt_group=group)
+        micro_batches = jax.tree.map(lambda x: _split_micro(x, num_micro, group), (batch, weights_NxC))
 
         def accumulate(carry, micro):
             grads, loss, sums, maxes = carry
-            (micro_loss, (micro_sums, micro_maxes)), micro_grads = loss_and_grad(state.params, *micro)
+            (micro_loss, (micro_sums, micro_maxes)), micro_grads = loss_and_grad(params, *micro)
             return (jax.tree.map(jnp.add, grads, micro_grads), loss + micro_loss,
                     jax.tree.map(jnp.add, sums, micro_sums), jax.tree.map(jnp.maximum, maxes, micro_maxes)), None
 
-        _, stats_shape = jax.eval_shape(loss_fn, state.params, *jax.tree.map(lambda x: x[0], micro_batches))
-        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0),
+        _, stats_shape = jax.eval_shape(loss_fn, params, *jax.tree.map(lambda x: x[0], micro_batches))
+        init = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0),
                 *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
         (grads, loss, sums, maxes), _ = jax.lax.scan(accumulate, init, micro_batches)
+        grads = grads if model.scan_layers else stack_layers(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         tokens = jnp.maximum(batch.completion_mask_NxC.sum(), 1.0)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}

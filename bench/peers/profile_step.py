@@ -5,9 +5,10 @@ from the jnp.dot peak and the memory bandwidth measured in the same run. Prints 
     .venv/bin/python bench/peers/profile_step.py [--repeats 5] [--gsm8k-dir DIR] [--set key=value ...]
 
 Each phase is timed on its own, so the phases need not add up to the step exactly. In step order:
-rollout prefill (prompt bucket into the KV cache) and decode (64 sampled tokens, host copy included);
-reward (decode to text, score, advantages, host batch); the update split into forward (logits of the
-completion positions), log-probs (log-softmax, entropy and loss, timed from ready logits), backward
+rollout prefill (one prompt per group into the KV cache, as the sampler runs it) and decode (64
+sampled tokens, host copy included); reward (decode to text, score, advantages, host batch); the
+update split into forward (logits of the completion positions, each group's prompt forwarded once
+where the trainer does so), log-probs (log-softmax, entropy and loss, timed from ready logits), backward
 (forward and backward together, less those two), optimizer (AdamW on the gradients) and the train
 step's own remainder (micro-batch scan, metrics); weight push.
 "step" is the fastest of --repeats of the loop's own `train_one_step`, and "host_between_phases" what
@@ -15,9 +16,10 @@ that step spent outside generate, update and push by its own timings (prompt enc
 advantages, the step report). "old_logps_pass" is not in this workload's step: it is the extra forward
 the loop runs for old log-probs with rollout.backend=sglang_jax or train.num_iterations > 1.
 
-Floors: compute phases FLOPs / the jnp.dot peak; decode per token max(bytes read / bandwidth,
-FLOPs / peak) with every parameter and the KV cache read once per token; the optimizer's bytes
-(params, grads, two moments read, three written) / bandwidth.
+Floors, for the work the trainer does (a shared prompt counted once): compute phases FLOPs / the
+jnp.dot peak; decode per token max(bytes read / bandwidth, FLOPs / peak) with every parameter and the
+KV cache read once per token; the optimizer's bytes (params, grads, two moments read, three written) /
+bandwidth.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ from trainer.auto_values import resolve_auto_values
 from trainer.config import load_config
 from trainer.loop import GRPOLoop, StopSignal
 from trainer.losses import per_token_loss, token_logps_and_entropy, token_weights
-from trainer.model.qwen2 import KVCache, prompt_positions
+from trainer.model.qwen2 import prefill, prompt_positions, unstack_layers
 from trainer.runtime import start
 from trainer.testing import perf
+from trainer.train_step import shared_prompt_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer_update import update_flops  # noqa: E402
+from trainer_update import trainer_prompt_group, update_flops  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:
@@ -71,13 +74,17 @@ def model_inputs(batch):
     return tokens, positions, key_valid
 
 
-def phase_functions(loop: GRPOLoop):
-    """Jitted pieces of the update, each the trainer's own code path cut at a phase boundary."""
+def phase_functions(loop: GRPOLoop, group: int):
+    """Jitted pieces of the update, each the trainer's own code path cut at a phase boundary (each group's
+    prompt forwarded once where the trainer does, `group` > 1)."""
     model, temperature = loop.model, loop.config.rollout.temperature
-    train = loop.config.train
+    train, rows_per_prompt = loop.config.train, loop.config.rollout.group_size  # the loop's rows, grouped
 
     def logits_fn(params, batch):
         c = batch.completion_ids_NxC.shape[1]
+        if group > 1:
+            return shared_prompt_logits(model, params, batch.prompt_ids_NxP, batch.prompt_mask_NxP,
+                                         batch.completion_ids_NxC, group)
         logits, _ = model.apply({"params": params}, *model_inputs(batch), logits_last_n=c, logits_skip_last=1)
         return logits
 
@@ -95,25 +102,29 @@ def phase_functions(loop: GRPOLoop):
         updates, opt_state = loop.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    @functools.partial(jax.jit, static_argnames="length")
-    def prefill(params, ids, mask, length):
-        cache = KVCache.zeros(model.config, ids.shape[0], length, model.dtype, per_layer=not model.scan_layers)
-        key_valid = jnp.concatenate([mask, jnp.ones((ids.shape[0], length - ids.shape[1]), mask.dtype)], axis=1)
-        return model.apply({"params": params}, ids, prompt_positions(mask), key_valid, cache, 0, logits_last_n=1)
+    @functools.partial(jax.jit, static_argnames="new_tokens")
+    def prefill_fn(params, ids, mask, new_tokens):
+        """The built-in sampler's prefill, of one row per group, as it runs it."""
+        if not model.scan_layers:
+            params = unstack_layers(params)
+        return prefill(model, params, ids[::rows_per_prompt], mask[::rows_per_prompt], new_tokens, rows_per_prompt)
 
     return {"forward": jax.jit(logits_fn), "log_probs": jax.jit(loss_from_logits),
-            "forward_and_backward": jax.jit(jax.grad(loss_fn)), "optimizer": jax.jit(optimizer_fn), "prefill": prefill}
+            "forward_and_backward": jax.jit(jax.grad(loss_fn)), "optimizer": jax.jit(optimizer_fn),
+            "prefill": prefill_fn}
 
 
-def floors(loop: GRPOLoop, peak: float, bandwidth: float) -> dict[str, float]:
+def floors(loop: GRPOLoop, group: int, peak: float, bandwidth: float) -> dict[str, float]:
+    """Each phase's floor for the work the trainer does: with `group` > 1 each group's prompt counted once."""
     c, cfg = loop.config, loop.model.config
     rows, p, new = c.rows, c.rollout.prompt_length, c.rollout.max_new_tokens
-    forward = update_flops(cfg, rows, p, new, 1)
+    forward = update_flops(cfg, rows, p, new, 1, group)
     params = cfg.num_params()
     layers_kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     decode_bytes = 4 * (params + rows * (p + new) * layers_kv)
     decode_flops = rows * (2 * params + 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * (p + new))
-    prefill_flops = update_flops(cfg, rows, p, 0, 1) - rows * 2 * cfg.hidden_size * cfg.vocab_size
+    prompts = rows // c.rollout.group_size
+    prefill_flops = update_flops(cfg, prompts, p, 0, 1) - prompts * 2 * cfg.hidden_size * cfg.vocab_size
     return {"prefill": prefill_flops / peak, "decode": new * max(decode_bytes / bandwidth, decode_flops / peak),
             "forward": forward / peak, "backward": 2 * forward / peak, "optimizer": 7 * 4 * params / bandwidth}
 
@@ -137,14 +148,15 @@ def main() -> None:
         steps = [loop.train_one_step(i, stop) for i in range(1, args.repeats + 1)]
     fastest = min(steps, key=lambda m: m["time/step_s"])
     step_s = fastest["time/step_s"]
-    fns, r = phase_functions(loop), args.repeats
+    group = trainer_prompt_group(loop)
+    fns, r = phase_functions(loop, group), args.repeats
     problems = loop.problems_of_this_process(loop.stream.next_batch(config.rollout.batch_size))
     ids, mask = loop.encode(problems)
     rollout = loop.backend.generate(ids, mask, loop.sampling, seed=0)
     seconds = {"step": step_s, "rollout": best(lambda: loop.backend.generate(ids, mask, loop.sampling, seed=0), r)}
-    cache_len = config.rollout.prompt_length + config.rollout.max_new_tokens
     params = loop.state.params
-    seconds["prefill"] = best(lambda: jax.block_until_ready(fns["prefill"](params, ids, mask, cache_len)), r)
+    new_tokens = config.rollout.max_new_tokens
+    seconds["prefill"] = best(lambda: jax.block_until_ready(fns["prefill"](params, ids, mask, new_tokens)), r)
     seconds["decode"] = seconds["rollout"] - seconds["prefill"]
 
     def reward():
@@ -163,7 +175,8 @@ def main() -> None:
     seconds["optimizer"] = best(lambda: jax.block_until_ready(fns["optimizer"](grads, opt_state, params)), r)
     seconds["update"] = best(lambda: loop.update(batch), r)  # the real jitted step (state donated)
     logps_args = (batch.prompt_ids_NxP, batch.prompt_mask_NxP, batch.completion_ids_NxC)
-    seconds["old_logps_pass"] = best(lambda: jax.block_until_ready(loop.logps_fn(loop.state.params, *logps_args)), r)
+    seconds["old_logps_pass"] = best(lambda: jax.block_until_ready(
+        loop.logps_fn(loop.state.params, *logps_args, prompt_group=batch.prompt_group)), r)
     seconds["weight_push"] = best(lambda: loop.backend.push_weights(loop.state.params), r)
     seconds["backward"] = seconds["forward_and_backward"] - seconds["forward"] - seconds["log_probs"]
     seconds["update_remainder"] = seconds["update"] - seconds["forward_and_backward"] - seconds["optimizer"]
@@ -172,7 +185,7 @@ def main() -> None:
         fastest["time/weight_push_s"]
 
     peak, bandwidth = perf.matmul_peak_flops(), perf.memory_bandwidth_bytes_per_s()
-    floor = floors(loop, peak, bandwidth)
+    floor = floors(loop, group, peak, bandwidth)
     floor["update"] = floor["forward"] + floor["backward"] + floor["optimizer"]
     floor["old_logps_pass"] = floor["forward"]
     floor["rollout"] = floor["prefill"] + floor["decode"]

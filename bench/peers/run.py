@@ -43,6 +43,12 @@ Where a trainer departs from the letter of the workload, and why:
   set in the CPU's caches; TRL and tunix take their 16 rows at once (TRL could accumulate too, with
   gradient_accumulation_steps=4 and per_device_train_batch_size=4; not measured). `trainer_plain` is this
   trainer as issue 12 found it (scanned layers, Gumbel-max, one micro-batch of 16), for reference.
+- This trainer forwards each group's prompt once, where the four rows of a group share it: the sampler
+  prefills 4 prompts instead of 16 rows, and the update runs each prompt's 128 positions once, its four
+  completions attending to that forward's keys and values (the gradient is the same sum;
+  tests/trainer/test_trainer_shared_prompt.py). TRL and tunix forward every row whole. The values are
+  the same; this trainer does not compute the prompt's four times. `trainer_plain` shares the prefill only
+  (its scanned layers forward whole rows in the update).
 - Phases: "rollout" is generation + decoding + reward + advantages, timed around each trainer's own
   method (TRL `_generate_and_score_completions`, tunix `_generate_and_compute_advantage`; this
   trainer: step - update - weight push); "update" is the rest of the step for TRL (step - rollout),

@@ -102,7 +102,7 @@ def backends(workdir: Path, engines: list[str]):
     tokenizer = ChatTokenizer(model_dir)
     model, host = build_model(model_dir, base.model, runtime.platform)
     params = put_tree(host, tree_shardings(host, runtime.mesh))
-    sampler = JaxSamplerBackend(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id, [workload.PROMPT_LEN])
+    sampler = JaxSamplerBackend.create(base, model, runtime, tokenizer, model_dir)  # the platform's defaults
     sampler.push_weights(params)
     made = {SAMPLER: (sampler, None)}
     for engine in engines:

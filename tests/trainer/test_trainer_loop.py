@@ -174,12 +174,12 @@ def _shifted_logps_fn(calls: list):
 
     real = loop_module.make_logps_fn
 
-    def make(model, mesh, temperature):
-        fn = real(model, mesh, temperature)
+    def make(model, mesh, temperature, num_micro):
+        fn = real(model, mesh, temperature, num_micro)
 
-        def shifted(*args):
-            calls.append(1)
-            return fn(*args) - 0.5
+        def shifted(*args, prompt_group: int = 1):
+            calls.append(prompt_group)
+            return fn(*args, prompt_group=prompt_group) - 0.5
 
         return shifted
 
@@ -204,7 +204,7 @@ def test_old_log_probs_come_from_a_separate_forward_only_when_needed(tmp_path, m
     # The engine's log-probs, which the importance weight needs: any value, the weight is not what is checked.
     train(config, start(config), _mock_factory(_answer_even_rows(gsm8k_dir), [], logp=-1.0), out=lambda line: None)
     rows, _ = wandb_history(tmp_path / "wandb-dir")
-    assert len(calls) == separate_forwards
+    assert calls == [4] * separate_forwards  # the loop's rows: each prompt 4 times, its forward shared
     if not separate_forwards:  # ratio exactly 1: nothing clipped, whatever the other forward says
         assert rows[0]["clip_ratio/region_mean"] == 0.0
     else:  # the shifted pi_old makes the ratio e^0.5 > 1 + eps_high: the positive-advantage half clips

@@ -73,12 +73,12 @@ def master_weights_dtype(num_params: int, optimizer_moments: int, shards: int, e
 
 def layer_loop(name: str, platform: str) -> str:
     """`model.layer_loop: auto`: unrolled on the CPU, where the small models it runs measured a decode step
-    (with the CPU's inverse-CDF draws) at 0.94x and the update at 0.97x of the scan's
-    (bench/peers/fast_paths.py, the peer workload's 4-layer model); scan on a TPU (and a GPU), as the TPU
-    presets have it: there a 28-layer
-    model would compile 28 copies of the layer, and XLA's TPU loop reads the stacked weights and the
-    stacked KV cache in place, which is what unrolling buys the CPU. Not measured on a TPU here, hence
-    the conservative choice."""
+    (with the CPU's inverse-CDF draws) at 0.73x and the update at 0.82x of the scan's, the unrolled
+    layers' own layout included (bench/peers/fast_paths.py, the peer workload's 4-layer model); and only
+    unrolled layers forward a GRPO group's shared prompt once in the update. Scan on a TPU (and a GPU), as
+    the TPU presets have it: there a 28-layer model would compile 28 copies of the layer, and XLA's TPU
+    loop reads the stacked weights and the stacked KV cache in place, which is what unrolling buys the
+    CPU. Not measured on a TPU here, hence the conservative choice."""
     if name == "auto":
         return "unrolled" if platform == "cpu" else "scan"
     return name

@@ -21,8 +21,9 @@ class JaxSamplerBackend(RolloutBackend):
     name = "jax"
 
     def __init__(self, model: Qwen2ForCausalLM, mesh: Mesh, stop_ids: list[int], pad_id: int,
-                 prefill_buckets: list[int], inverse_cdf: bool = False):
+                 prefill_buckets: list[int], inverse_cdf: bool = False, group_size: int = 1):
         self.model = model
+        self.group_size = group_size  # rows that share a prompt share its prefill (sharding.shared_prompt_group)
         self.mesh = mesh
         self.stop_ids = tuple(stop_ids)
         self.pad_id = pad_id
@@ -35,7 +36,8 @@ class JaxSamplerBackend(RolloutBackend):
                model_dir: Path) -> JaxSamplerBackend:
         return cls(model, runtime.mesh, tokenizer.stop_ids, tokenizer.pad_id,
                    config.rollout.prefill_buckets or [config.rollout.prompt_length],
-                   sampling_method(config.rollout.sampling_method, runtime.platform) == "inverse_cdf")
+                   sampling_method(config.rollout.sampling_method, runtime.platform) == "inverse_cdf",
+                   config.rollout.group_size)
 
     def push_weights(self, params) -> None:
         # Same devices and layout as the trainer: holding a reference is the whole push.
@@ -51,11 +53,13 @@ class JaxSamplerBackend(RolloutBackend):
             raise RuntimeError("JaxSamplerBackend.generate before push_weights")
         bucket = self.bucket_for(int(prompt_mask_NxP.sum(axis=1).max()))
         # Prompts are left-padded, so the last `bucket` columns hold every real token.
+        # Evaluation's rows (one per problem) share nothing: their program (prompt_group 1) compiles once too.
+        group = sharding.shared_prompt_group(prompt_ids_NxP, prompt_mask_NxP, self.group_size)
         ids = sharding.global_rows(np.ascontiguousarray(prompt_ids_NxP[:, -bucket:]), self.mesh)
         mask = sharding.global_rows(np.ascontiguousarray(prompt_mask_NxP[:, -bucket:]), self.mesh)
         outputs = generate(self.model, self.params, ids, mask, jax.random.key(seed), np.float32(settings.temperature),
                            max_new_tokens=settings.max_new_tokens, top_k=settings.top_k, top_p=settings.top_p,
                            stop_ids=() if settings.ignore_eos else self.stop_ids, pad_id=self.pad_id,
-                           inverse_cdf=self.inverse_cdf)
+                           inverse_cdf=self.inverse_cdf, prompt_group=group)
         ids_NxC, mask_NxC, logps_NxC = (sharding.local_rows(x, self.mesh) for x in outputs)
         return RolloutOutput(ids_NxC.astype(np.int32), mask_NxC.astype(np.int32), logps_NxC.astype(np.float32))

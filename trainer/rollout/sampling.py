@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trainer.model.qwen2 import KVCache, Qwen2ForCausalLM, prompt_positions
+from trainer.model.qwen2 import Qwen2ForCausalLM, prefill, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +80,20 @@ def sample_next(logits_NxV, rng, temperature, top_p: float, top_k: int, inverse_
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "stop_ids", "pad_id",
-                                             "inverse_cdf"))
+                                             "inverse_cdf", "prompt_group"))
 def generate(model: Qwen2ForCausalLM, params, prompt_ids_NxP, prompt_mask_NxP, rng, temperature, *,
              max_new_tokens: int, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int,
-             inverse_cdf: bool = False):
+             inverse_cdf: bool = False, prompt_group: int = 1):
     """Completions [N, max_new_tokens] (pad after the stop token), their mask (stop token included)
-    and per-token log-probs (0 where masked)."""
+    and per-token log-probs (0 where masked). Where every prompt_group consecutive rows share a prompt
+    (trainer.sharding.shared_prompt_group) the prefill runs once per group and its cache is repeated."""
     n, p = prompt_ids_NxP.shape
     c = max_new_tokens
-    cache = KVCache.zeros(model.config, n, p + c, model.dtype, per_layer=not model.scan_layers)
+    if not model.scan_layers:
+        params = unstack_layers(params)  # once, not in every decode step
     key_valid_NxS = jnp.concatenate([prompt_mask_NxP, jnp.ones((n, c), prompt_mask_NxP.dtype)], axis=1)
-    logits, cache = model.apply({"params": params}, prompt_ids_NxP, prompt_positions(prompt_mask_NxP),
-                                key_valid_NxS, cache, 0, logits_last_n=1)
+    logits, cache = prefill(model, params, prompt_ids_NxP[::prompt_group], prompt_mask_NxP[::prompt_group], c,
+                            prompt_group)
     lengths_N = prompt_mask_NxP.sum(axis=1).astype(jnp.int32)
     stop_ids_arr = jnp.asarray(stop_ids, jnp.int32)
 

@@ -1,4 +1,5 @@
-"""Measurements the benchmarks share: memory bandwidth, matmul peak, compile counting, peak memory."""
+"""Measurements the benchmarks share: memory bandwidth, matmul peak, a decode step's matmul rate, compile
+counting, peak memory."""
 
 from __future__ import annotations
 
@@ -50,6 +51,25 @@ def matmul_peak_flops(n: int = 2048, dtype=jnp.float32) -> float:
     a = jnp.ones((n, n), dtype)
     dot = jax.jit(jnp.dot)
     return 2 * n**3 / best_time(lambda: dot(a, a).block_until_ready())
+
+
+def weight_read_bytes_per_s(rows: int, k: int, n: int, dtype=jnp.float32, weights: int = 16, reads: int = 20) -> float:
+    """Weight bytes per second that jitted [rows, k] x [k, n] jnp.dots read: a decode step's matmul rate.
+    `weights` distinct weights are read in turn, as a decode step reads its layers', so that they come
+    from memory rather than a cache that still holds the last one."""
+    kernels = [jnp.full((k, n), 1e-3 * (i + 1), dtype) for i in range(weights)]
+
+    @jax.jit
+    def read_all(x, kernels):
+        def one_pass(_, acc_RxN):
+            for kernel in kernels:  # each product feeds the next, so none can be skipped or reordered
+                acc_RxN = acc_RxN + (x + acc_RxN[:, :1]) @ kernel
+            return acc_RxN
+
+        return jax.lax.fori_loop(0, reads, one_pass, jnp.zeros((rows, n), dtype))
+
+    x = jnp.ones((rows, k), dtype)
+    return reads * weights * k * n * jnp.dtype(dtype).itemsize / best_time(lambda: read_all(x, kernels).block_until_ready())
 
 
 def peak_memory_bytes() -> dict[str, float]:

@@ -31,8 +31,9 @@ _MAX_CHUNKED_PREFILL = 16384
 # Its defaults therefore run a few requests at a time, in a pool sized for them, and prefill one prompt
 # per chunk. On the peer workload (16 rows, 128 + 64 tokens; bench/peers/sglang_profile.py, one run) that
 # took a rollout from 5.7x to 3.1x the built-in sampler's time; 2 running requests were slower (7.3x, the
-# per-forward overhead wins). The fa backend (TPU) reads only each request's own pages and keeps the
-# rows-per-process defaults.
+# per-forward overhead wins). Against the faster built-in sampler of issue 12's second pass these defaults
+# are still the closest measured (8.5x; 4 running requests alone 8.8x, 2 running requests 11.7x). The fa
+# backend (TPU) reads only each request's own pages and keeps the rows-per-process defaults.
 NATIVE_RUNNING_REQUESTS = 4
 
 
