@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import git
 from tests.tpuctl.helpers import Project, make_project, run
 
 
@@ -15,6 +16,17 @@ def project1(tmp_path, start_workers, origin, client_key, monkeypatch) -> Projec
 @pytest.fixture
 def project3(tmp_path, start_workers, origin, client_key, monkeypatch) -> Project:
     return make_project(tmp_path, start_workers(3), origin, client_key, monkeypatch)
+
+
+@pytest.fixture
+def laptop(project1, origin) -> Project:
+    """The project folder (holding tpuctl.toml, untracked) as a clone of origin, as a training repository is."""
+    folder = project1.folder
+    git("init", "--quiet", "--initial-branch=main", cwd=folder)
+    git("remote", "add", "origin", str(origin), cwd=folder)
+    git("fetch", "--quiet", "origin", cwd=folder)
+    git("checkout", "--quiet", "-f", "-B", "main", "origin/main", cwd=folder)
+    return project1
 
 
 @pytest.fixture

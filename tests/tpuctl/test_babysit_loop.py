@@ -105,17 +105,13 @@ def test_a_resumed_run_keeps_the_code_that_wrote_its_checkpoints_unless_told_to_
         assert babysitter.sync_step(session, workers) is None and babysitter.synced_head == moved
 
 
-def test_a_local_checkout_the_workers_would_not_run_is_refused_before_babysit_begins(project1, origin):
-    folder = project1.folder
-    git("init", "--quiet", "--initial-branch=main", cwd=folder)
-    git("remote", "add", "origin", str(origin), cwd=folder)
-    git("fetch", "--quiet", "origin", cwd=folder)
-    git("checkout", "--quiet", "-f", "-B", "main", "origin/main", cwd=folder)
+def test_a_local_checkout_the_workers_would_not_run_is_refused_before_babysit_begins(laptop):
+    folder = laptop.folder
     (folder / "reward.py").write_text("fixed\n")
     git("add", "reward.py", cwd=folder)
     git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "the fix", cwd=folder)
-    project1.write_config(name="node-1", project="my-project-123", zone="us-central2-b",
-                          tpu_api_endpoint="http://127.0.0.1:1")  # nothing answers there
+    laptop.write_config(name="node-1", project="my-project-123", zone="us-central2-b",
+                        tpu_api_endpoint="http://127.0.0.1:1")  # nothing answers there
     refused = run("babysit", "--name", "long", "--", "bash", "x.sh")
     unpushed = f"1 commit(s) not on origin/main: {git('rev-parse', '--short=7', 'HEAD', cwd=folder)}"
     assert refused.code == 2 and unpushed in refused.err and "--allow-unpushed" in refused.err, refused.all

@@ -15,17 +15,6 @@ from tpuctl.ops.sync import parse_synced
 COMMIT = ("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet")
 
 
-@pytest.fixture
-def laptop(project1, origin):
-    """The project folder (holding tpuctl.toml, untracked) as a clone of origin, as a training repository is."""
-    folder = project1.folder
-    git("init", "--quiet", "--initial-branch=main", cwd=folder)
-    git("remote", "add", "origin", str(origin), cwd=folder)
-    git("fetch", "--quiet", "origin", cwd=folder)
-    git("checkout", "--quiet", "-f", "-B", "main", "origin/main", cwd=folder)
-    return project1
-
-
 def _unpushed(folder) -> str:
     (folder / "reward.py").write_text("fixed\n")
     git("add", "reward.py", cwd=folder)
